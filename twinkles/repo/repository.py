@@ -1,0 +1,328 @@
+"""The data repository: a directory with a SQLite registry (WAL) of datasets and a YAML configuration.
+
+A dataset is (dataset type, data ID, run) -> one file under ``REPO/<run>/<datasetType>/``. Files are written
+atomically (temporary name in the same folder, fsync, rename); the registry rows are inserted in one transaction,
+and only after the files exist. Only the orchestrating process registers: a job calls :meth:`Repository.write`
+(files only) and hands back the :class:`DatasetRef` list, which the orchestrator passes to
+:meth:`Repository.register`. :meth:`Repository.put` does both, for single-process use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .dataid import DIMENSIONS, DataIdError, data_id_key, format_data_id, validate_data_id
+from .datasets import DatasetType, get_dataset_type
+from .storage import TMP_MARKER, read_dataset_file, write_dataset_file
+
+__all__ = ["Repository", "DatasetRef", "RepositoryError", "DatasetNotFoundError", "RAW_RUN", "TRUTH_RUN",
+           "validate_run_name"]
+
+RAW_RUN = "raw"
+TRUTH_RUN = "truth"
+REGISTRY_NAME = "registry.sqlite3"
+CONFIG_NAME = "twinkles.yaml"
+_RUN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*(/[A-Za-z0-9_][A-Za-z0-9_.:-]*)*$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    name TEXT PRIMARY KEY,
+    created TEXT NOT NULL,
+    description TEXT
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    id INTEGER PRIMARY KEY,
+    dataset_type TEXT NOT NULL,
+    run TEXT NOT NULL REFERENCES runs(name),
+    data_id TEXT NOT NULL,
+    tract INTEGER, patch INTEGER, visit INTEGER, detector INTEGER, band TEXT,
+    path TEXT NOT NULL,
+    registered TEXT NOT NULL,
+    UNIQUE (dataset_type, run, data_id)
+);
+CREATE INDEX IF NOT EXISTS datasets_type_visit ON datasets (dataset_type, visit);
+CREATE INDEX IF NOT EXISTS datasets_type_patch ON datasets (dataset_type, tract, patch);
+"""
+
+
+class RepositoryError(RuntimeError):
+    pass
+
+
+class DatasetNotFoundError(LookupError):
+    pass
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def validate_run_name(run: str) -> str:
+    if not isinstance(run, str) or not _RUN_RE.match(run) or any(p in ("..", ".") for p in run.split("/")):
+        raise DataIdError(f"run name {run!r} is not allowed: use letters, digits, '_', '-', '.', ':' and '/' "
+                          "between non-empty parts (e.g. runs/l2)")
+    return run
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """One dataset: its type, data ID, run and path relative to the repository root."""
+
+    dataset_type: str
+    data_id: dict = field(hash=False)
+    run: str
+    path: str
+
+    @property
+    def key(self) -> str:
+        return data_id_key(self.data_id)
+
+    def to_dict(self) -> dict:
+        return {"dataset_type": self.dataset_type, "data_id": dict(self.data_id), "run": self.run,
+                "path": self.path}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetRef:
+        return cls(d["dataset_type"], dict(d["data_id"]), d["run"], d["path"])
+
+
+class Repository:
+    """A twinkles data repository rooted at ``root``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.registry_path = self.root / REGISTRY_NAME
+        if not self.registry_path.exists():
+            raise RepositoryError(f"{root}: not a twinkles repository (no {REGISTRY_NAME}); create one with "
+                                  f"`twinkles simulate {root} --preset tiny` or `twinkles ingest {root} FILES`")
+        self._config = None
+
+    # ------------------------------------------------------------------ creation and configuration
+    @classmethod
+    def create(cls, root: str | Path, config: dict | None = None, exist_ok: bool = True) -> Repository:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        reg = root / REGISTRY_NAME
+        if reg.exists() and not exist_ok:
+            raise RepositoryError(f"{root}: a repository already exists there; choose another path")
+        conn = sqlite3.connect(reg, timeout=60)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            conn.commit()
+        finally:
+            conn.close()
+        repo = cls(root)
+        if config is not None or not (root / CONFIG_NAME).exists():
+            merged = repo.config if (root / CONFIG_NAME).exists() else {}
+            merged.update(config or {})
+            repo.write_config(merged)
+        return repo
+
+    @property
+    def config(self) -> dict:
+        if self._config is None:
+            path = self.root / CONFIG_NAME
+            self._config = yaml.safe_load(path.read_text()) if path.exists() else {}
+            self._config = self._config or {}
+        return dict(self._config)
+
+    def write_config(self, config: dict) -> None:
+        from .storage import atomic_write_bytes
+        atomic_write_bytes(self.root / CONFIG_NAME, yaml.safe_dump(config, sort_keys=False).encode())
+        self._config = dict(config)
+
+    # ------------------------------------------------------------------ registry connection
+    @contextlib.contextmanager
+    def connect(self):
+        """A SQLite connection to the registry; commits on success, rolls back on error (one transaction)."""
+        conn = sqlite3.connect(self.registry_path, timeout=60, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+
+    def read_only(self):
+        """A connection for reading (no transaction held)."""
+        conn = sqlite3.connect(f"file:{self.registry_path}?mode=ro", uri=True, timeout=60)
+        conn.row_factory = sqlite3.Row
+        return contextlib.closing(conn)
+
+    # ------------------------------------------------------------------ runs
+    def ensure_run(self, run: str, description: str = "") -> str:
+        validate_run_name(run)
+        with self.connect() as conn:
+            conn.execute("INSERT OR IGNORE INTO runs(name, created, description) VALUES (?, ?, ?)",
+                         (run, _now(), description))
+        return run
+
+    def runs(self) -> list[str]:
+        with self.read_only() as conn:
+            return [r[0] for r in conn.execute("SELECT name FROM runs ORDER BY created")]
+
+    # ------------------------------------------------------------------ paths
+    def relative_path(self, dataset_type: str | DatasetType, data_id: dict, run: str) -> str:
+        dt = get_dataset_type(dataset_type) if isinstance(dataset_type, str) else dataset_type
+        validate_run_name(run)
+        did = validate_data_id(data_id, dt.dimensions)
+        parts = [run, dt.name]
+        if did:
+            first = next(iter(did))
+            parts.append(f"{first}{did[first]}")
+            stem = dt.name + "_" + "_".join(f"{k}{v}" for k, v in did.items())
+        else:
+            stem = dt.name
+        return "/".join(parts + [stem + dt.extension])
+
+    def abspath(self, ref: DatasetRef) -> Path:
+        return self.root / ref.path
+
+    # ------------------------------------------------------------------ write / register / put
+    def write(self, obj, dataset_type: str, data_id: dict, run: str) -> DatasetRef:
+        """Write a dataset's file atomically, without registering it (for jobs)."""
+        dt = get_dataset_type(dataset_type)
+        did = validate_data_id(data_id, dt.dimensions)
+        rel = self.relative_path(dt, did, run)
+        write_dataset_file(obj, dt.storage, self.root / rel)
+        return DatasetRef(dt.name, did, run, rel)
+
+    def register(self, refs: list[DatasetRef] | DatasetRef) -> None:
+        """Register written datasets in one transaction (re-registering a dataset updates its row)."""
+        if isinstance(refs, DatasetRef):
+            refs = [refs]
+        for ref in refs:
+            if not (self.root / ref.path).exists():
+                raise RepositoryError(f"cannot register {ref.dataset_type} {format_data_id(ref.data_id)} in run "
+                                      f"{ref.run}: its file {ref.path} does not exist")
+        now = _now()
+        with self.connect() as conn:
+            for run in {r.run for r in refs}:
+                conn.execute("INSERT OR IGNORE INTO runs(name, created, description) VALUES (?, ?, '')",
+                             (validate_run_name(run), now))
+            conn.executemany(
+                """INSERT INTO datasets(dataset_type, run, data_id, tract, patch, visit, detector, band, path,
+                                        registered)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(dataset_type, run, data_id) DO UPDATE SET path=excluded.path,
+                                                                      registered=excluded.registered""",
+                [(r.dataset_type, r.run, data_id_key(r.data_id), r.data_id.get("tract"), r.data_id.get("patch"),
+                  r.data_id.get("visit"), r.data_id.get("detector"), r.data_id.get("band"), r.path, now)
+                 for r in refs])
+
+    def put(self, obj, dataset_type: str, data_id: dict | None = None, run: str = RAW_RUN) -> DatasetRef:
+        ref = self.write(obj, dataset_type, data_id or {}, run)
+        self.register(ref)
+        return ref
+
+    # ------------------------------------------------------------------ query / get
+    def query(self, dataset_type: str, where: dict | None = None, runs: list[str] | str | None = None
+              ) -> list[DatasetRef]:
+        """Registered datasets of a type matching ``where`` (dimension -> value, list, or range).
+
+        ``runs``: restrict to these runs; when a data ID is in several runs, the first run listed wins (with
+        ``runs=None``, the most recently registered one).
+        """
+        dt = get_dataset_type(dataset_type)
+        sql = "SELECT dataset_type, run, data_id, tract, patch, visit, detector, band, path, registered " \
+              "FROM datasets WHERE dataset_type = ?"
+        args: list = [dt.name]
+        for dim, value in (where or {}).items():
+            if dim not in DIMENSIONS:
+                raise DataIdError(f"unknown data ID dimension {dim!r}; known: {', '.join(DIMENSIONS)}")
+            if dim not in dt.dimensions:
+                continue
+            if isinstance(value, range):
+                if value.step != 1:
+                    raise DataIdError(f"{dim}: only contiguous ranges are supported")
+                sql += f" AND {dim} BETWEEN ? AND ?"
+                args += [value.start, value.stop - 1]
+            elif isinstance(value, (list, tuple, set)):
+                vals = [validate_data_id({dim: v})[dim] for v in value]
+                sql += f" AND {dim} IN ({','.join('?' * len(vals))})"
+                args += vals
+            else:
+                sql += f" AND {dim} = ?"
+                args.append(validate_data_id({dim: value})[dim])
+        if isinstance(runs, str):
+            runs = [runs]
+        if runs is not None:
+            for r in runs:
+                validate_run_name(r)
+            sql += f" AND run IN ({','.join('?' * len(runs))})"
+            args += list(runs)
+        with self.read_only() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        best: dict[str, sqlite3.Row] = {}
+        for row in rows:
+            key = row["data_id"]
+            old = best.get(key)
+            if old is None:
+                best[key] = row
+            elif runs is not None:
+                if runs.index(row["run"]) < runs.index(old["run"]):
+                    best[key] = row
+            elif row["registered"] > old["registered"]:
+                best[key] = row
+        refs = []
+        for row in best.values():
+            did = {d: row[d] for d in dt.dimensions}
+            refs.append(DatasetRef(dt.name, did, row["run"], row["path"]))
+        refs.sort(key=lambda r: tuple((r.data_id[d] if d != "band" else "ugrizy".index(r.data_id[d]))
+                                      for d in dt.dimensions))
+        return refs
+
+    def find(self, dataset_type: str, data_id: dict | None = None, runs: list[str] | str | None = None
+             ) -> DatasetRef:
+        dt = get_dataset_type(dataset_type)
+        did = validate_data_id(data_id or {}, dt.dimensions)
+        refs = self.query(dt.name, did, runs)
+        if not refs:
+            where = f" in runs {runs}" if runs else ""
+            raise DatasetNotFoundError(f"no {dt.name} dataset for {format_data_id(did)}{where} in {self.root}; "
+                                       "run the stage that makes it first")
+        return refs[0]
+
+    def exists(self, dataset_type: str, data_id: dict | None = None, runs=None) -> bool:
+        try:
+            self.find(dataset_type, data_id, runs)
+            return True
+        except DatasetNotFoundError:
+            return False
+
+    def get(self, dataset_type: str, data_id: dict | None = None, runs: list[str] | str | None = None,
+            columns: list[str] | None = None):
+        """Read a dataset (the newest registered one unless ``runs`` says where to look)."""
+        ref = self.find(dataset_type, data_id, runs)
+        return self.read(ref, columns=columns)
+
+    def read(self, ref: DatasetRef, columns: list[str] | None = None):
+        return read_dataset_file(get_dataset_type(ref.dataset_type).storage, self.root / ref.path, columns)
+
+    # ------------------------------------------------------------------ consistency
+    def check(self, fix: bool = False) -> dict:
+        """Find registry rows without files and leftover temporary files; with ``fix``, remove both."""
+        with self.read_only() as conn:
+            rows = conn.execute("SELECT id, path FROM datasets").fetchall()
+        missing = [r["id"] for r in rows if not (self.root / r["path"]).exists()]
+        temporaries = [p for p in self.root.rglob(f"*{TMP_MARKER}*") if p.is_file()]
+        if fix:
+            with self.connect() as conn:
+                conn.executemany("DELETE FROM datasets WHERE id = ?", [(i,) for i in missing])
+            for p in temporaries:
+                p.unlink(missing_ok=True)
+        return {"missing_files": len(missing), "temporary_files": len(temporaries)}

@@ -1,0 +1,185 @@
+"""Reading and writing datasets: atomic file writes and the formatters of each storage class."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from astropy.io import fits
+from astropy.table import Table
+
+from ..image import Exposure
+
+__all__ = ["atomic_write_bytes", "write_dataset_file", "read_dataset_file", "table_to_arrow", "arrow_to_table",
+           "TMP_MARKER", "DatasetReadError"]
+
+TMP_MARKER = ".tmp-"
+
+
+class DatasetReadError(IOError):
+    """A registered dataset file cannot be read (missing, truncated or corrupt)."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, writer) -> None:
+    """Call ``writer(tmp_path)`` then fsync and rename onto ``path``: readers see the old file or the new one,
+    never a partial one. The temporary file is removed if ``writer`` fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        writer(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    def _write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    atomic_write(path, _write)
+
+
+# ------------------------------------------------------------------------------------------------ catalogs
+def table_to_arrow(table: Table) -> pa.Table:
+    """astropy Table -> Arrow table; masked values become nulls; ``table.meta`` and units go to schema metadata."""
+    arrays, names = [], []
+    units = {}
+    for name in table.colnames:
+        col = table[name]
+        data = np.asarray(col)
+        mask = np.asarray(col.mask) if hasattr(col, "mask") and col.mask is not np.False_ else None
+        if data.ndim > 1:
+            arr = pa.array(list(data), mask=mask)
+        elif data.dtype.kind in "US":
+            arr = pa.array(data.astype(str), mask=mask)
+        elif data.dtype.kind == "O":
+            arr = pa.array(list(data), mask=mask)
+        else:
+            arr = pa.array(data, mask=mask)
+        arrays.append(arr)
+        names.append(name)
+        if getattr(col, "unit", None) is not None:
+            units[name] = str(col.unit)
+    meta = {"twinkles_meta": json.dumps(_jsonable(dict(table.meta))), "twinkles_units": json.dumps(units)}
+    return pa.Table.from_arrays(arrays, names=names).replace_schema_metadata(meta)
+
+
+def arrow_to_table(atable: pa.Table) -> Table:
+    meta = atable.schema.metadata or {}
+    out = Table()
+    for name in atable.column_names:
+        col = atable.column(name)
+        if col.null_count:
+            values = col.to_numpy(zero_copy_only=False)
+            mask = col.is_null().to_numpy(zero_copy_only=False)
+            if values.dtype.kind == "f":
+                values = np.where(mask, np.nan, values)
+                out[name] = values
+            else:
+                out[name] = np.ma.MaskedArray(values, mask=mask)
+        else:
+            values = col.to_numpy(zero_copy_only=False)
+            if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
+                values = np.stack(values)
+            out[name] = values
+    if b"twinkles_meta" in meta:
+        out.meta.update(json.loads(meta[b"twinkles_meta"]))
+    if b"twinkles_units" in meta:
+        for name, unit in json.loads(meta[b"twinkles_units"]).items():
+            if name in out.colnames:
+                out[name].unit = unit
+    return out
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------- formatters
+def write_dataset_file(obj, storage: str, path: Path) -> None:
+    """Write ``obj`` of the given storage class atomically to ``path``."""
+    if storage == "Exposure":
+        if not isinstance(obj, Exposure):
+            raise TypeError(f"{path.name}: expected an Exposure, got {type(obj).__name__}")
+        atomic_write(path, lambda tmp: obj.to_hdulist().writeto(tmp, checksum=True))
+    elif storage == "ImageF":
+        arr = np.asarray(obj, dtype=np.float32)
+        if arr.ndim != 2:
+            raise TypeError(f"{path.name}: expected a 2-d image, got shape {arr.shape}")
+        atomic_write(path, lambda tmp: fits.PrimaryHDU(arr).writeto(tmp, checksum=True))
+    elif storage == "Catalog":
+        if isinstance(obj, pa.Table):
+            atable = obj
+        elif isinstance(obj, Table):
+            atable = table_to_arrow(obj)
+        else:
+            atable = table_to_arrow(Table(obj))
+        atomic_write(path, lambda tmp: pq.write_table(atable, tmp, compression="zstd"))
+    elif storage == "StructuredData":
+        data = json.dumps(_jsonable(obj), indent=1, sort_keys=True).encode()
+        atomic_write_bytes(path, data)
+    else:
+        raise ValueError(f"unknown storage class {storage!r}")
+
+
+def read_dataset_file(storage: str, path: Path, columns: list[str] | None = None):
+    path = Path(path)
+    if not path.exists():
+        raise DatasetReadError(f"{path}: registered dataset file is missing; run `twinkles check` on the "
+                               "repository or re-run the job that made it")
+    try:
+        if storage == "Exposure":
+            return Exposure.read_fits(path)
+        if storage == "ImageF":
+            with fits.open(path, memmap=False) as hdul:
+                return np.array(hdul[0].data)
+        if storage == "Catalog":
+            return arrow_to_table(pq.read_table(path, columns=columns))
+        if storage == "StructuredData":
+            with open(path) as f:
+                return json.load(f)
+    except DatasetReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file for the user
+        raise DatasetReadError(f"{path}: cannot read ({type(exc).__name__}: {exc}); the file is corrupt: "
+                               "delete it and re-run the job that made it") from exc
+    raise ValueError(f"unknown storage class {storage!r}")
