@@ -52,12 +52,13 @@ def validate_data_id(data_id: dict, required: tuple[str, ...] | list[str] | None
     for key in data_id:
         if key not in DIMENSIONS:
             raise DataIdError(f"unknown data ID dimension {key!r}; known: {', '.join(DIMENSIONS)}")
+    checked = {dim: _validate_value(dim, value) for dim, value in data_id.items()}
     out = {}
     for dim in DIMENSIONS:
         if required is not None and dim not in required:
             continue
-        if dim in data_id:
-            out[dim] = _validate_value(dim, data_id[dim])
+        if dim in checked:
+            out[dim] = checked[dim]
         elif required is not None:
             raise DataIdError(f"data ID {format_data_id(data_id)} lacks {dim!r} (this dataset needs "
                               f"{', '.join(required)})")
