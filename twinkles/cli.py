@@ -80,10 +80,12 @@ def cmd_stage(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    from .repo.sql import run_sql
-    table = run_sql(args.repo, args.query)
+    from .repo.sql import SqlError, run_sql
+    try:
+        table = run_sql(args.repo, args.query)
+    except SqlError as exc:
+        raise UserError(str(exc)) from None
     if args.output:
-        from .repo import Repository  # noqa: F401
         import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
         if args.output.endswith(".parquet"):

@@ -1,0 +1,55 @@
+# twinkles: `make demo` (simulate the demo field, run the pipeline, write the report) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_REPO ?= twinkles-demo
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: demo test test-all install install-test browser bench clean-demo
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "twinkles needs Python 3.11, found " + sys.version.split()[0] + ": set PYTHON=/path/to/python3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+# Debian's Chromium for the status-page browser test (no browser download); needs root, else the test skips.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian chromium for the status-page test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "WARNING: could not install chromium; the browser test will be skipped"; \
+	  else echo "WARNING: /usr/bin/chromium missing and not root: the browser test will be skipped"; fi; \
+	fi
+
+demo: install
+	@if [ ! -f $(DEMO_REPO)/registry.sqlite3 ]; then \
+	  $(BIN)/twinkles simulate $(DEMO_REPO) --preset demo --seed 1; \
+	else echo "$(DEMO_REPO) exists: reusing its simulated images (make clean-demo to start over)"; fi
+	$(BIN)/twinkles run $(DEMO_REPO)
+	$(BIN)/twinkles report $(DEMO_REPO)
+	@echo "demo report: $(DEMO_REPO)/report/index.html"
+
+test: install-test browser
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: PYTEST_ARGS =
+test-all: test
+
+bench: install
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-demo:
+	rm -rf $(DEMO_REPO)
