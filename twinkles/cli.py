@@ -113,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     for modname in ("twinkles.sim.cli", "twinkles.workflow.cli"):
-        if importlib.util.find_spec(modname) is not None:
+        try:
+            found = importlib.util.find_spec(modname) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
             importlib.import_module(modname).register(sub)
 
     s = sub.add_parser("ingest", help="ingest external FITS images with a celestial WCS as eimages")

@@ -39,21 +39,20 @@ class ProcessingError(RuntimeError):
 
 
 def available_stages() -> list[str]:
-    out = []
-    for name, modname in STAGE_MODULES.items():
-        try:
-            importlib.util.find_spec(modname)
-        except ModuleNotFoundError:
-            continue
-        if importlib.util.find_spec(modname) is not None:
-            out.append(name)
-    return out
+    return [name for name in STAGE_MODULES if _module_exists(STAGE_MODULES[name])]
+
+
+def _module_exists(modname: str) -> bool:
+    try:
+        return importlib.util.find_spec(modname) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def load_stage(name: str) -> ModuleType:
     if name not in STAGE_MODULES:
         raise StageError(f"unknown stage {name!r}; stages: {', '.join(STAGE_MODULES)}")
-    if importlib.util.find_spec(STAGE_MODULES[name]) is None:
+    if not _module_exists(STAGE_MODULES[name]):
         raise StageError(f"stage {name!r} is not implemented yet; implemented: {', '.join(available_stages())}")
     return importlib.import_module(STAGE_MODULES[name])
 
