@@ -7,7 +7,7 @@ import time
 from ..repo import QuantumButler, Repository
 from . import apply_config_overrides, load_stage
 
-__all__ = ["find_quanta", "run_stage", "default_output_run"]
+__all__ = ["find_quanta", "run_quantum_once", "run_stage", "default_output_run"]
 
 DEFAULT_RUN = "runs/l2"
 
@@ -38,6 +38,18 @@ def find_quanta(repo: Repository, stage_module, query: dict, runs: list[str]) ->
     return out
 
 
+def run_quantum_once(repo: Repository, stage_module, data_id: dict, config, output_run: str,
+                     input_runs: list[str] | None = None) -> tuple[list, dict]:
+    """Run one stage on one quantum without registering anything: returns (written DatasetRefs, metadata).
+
+    The caller (``run_stage`` here, or the workflow orchestrator after the job came back) registers the refs in
+    one transaction; a quantum that raises leaves only unregistered files (or none).
+    """
+    butler = QuantumButler(repo, output_run, list(input_runs or ["raw"]))
+    meta = stage_module.run_quantum(butler, data_id, config) or {}
+    return list(butler.outputs), meta
+
+
 def run_stage(repo_path, stage: str, query: dict, overrides: dict[str, str] | None = None,
               output_run: str | None = None, progress=None) -> list[dict]:
     """Run ``stage`` on every matching quantum, registering each quantum's outputs as it finishes.
@@ -53,15 +65,14 @@ def run_stage(repo_path, stage: str, query: dict, overrides: dict[str, str] | No
     quanta = find_quanta(repo, module, query, butler_runs)
     records = []
     for i, did in enumerate(quanta):
-        butler = QuantumButler(repo, run, ["raw"])
         t0 = time.time()
         try:
-            meta = module.run_quantum(butler, did, config) or {}
+            outputs, meta = run_quantum_once(repo, module, did, config, run)
         except Exception as exc:  # noqa: BLE001 - reported per quantum, the loop goes on
             records.append({"data_id": did, "status": "failed", "seconds": time.time() - t0,
                             "error": f"{type(exc).__name__}: {exc}"})
         else:
-            repo.register(butler.outputs)
+            repo.register(outputs)
             records.append({"data_id": did, "status": "done", "seconds": time.time() - t0, "metadata": meta})
         if progress is not None:
             progress(i + 1, len(quanta), records[-1])

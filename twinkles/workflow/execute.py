@@ -1,0 +1,412 @@
+"""The orchestrator: runs a pipeline's job graph on Parsl and records every job in the registry.
+
+Executors (``--executor``):
+
+* ``local`` (default): Parsl's HighThroughputExecutor with a LocalProvider on this machine, one worker per core
+  (``--workers`` to change); workers are separate processes, so per-job CPU and memory are measured exactly;
+* ``threads``: Parsl's ThreadPoolExecutor in this process (tests, debugging);
+* ``slurm``: the NERSC Perlmutter example shipped in ``twinkles/workflow/configs/nersc_perlmutter.py``;
+* ``CONFIG.py``: any Python file defining ``make_config(run_dir, workers)`` returning a ``parsl.config.Config``
+  (or a module-level ``config``); moving from a laptop to a cluster is a matter of this file.
+
+Only this process writes the registry: jobs return the refs they wrote and their measurements; outputs are
+registered in one transaction per finished batch, then the job records are updated. Parsl run directories go
+under ``REPO/runinfo``. Small jobs are batched (several quanta per Parsl task) once their duration is known, so
+the ~40 ms per-task cost of Parsl stays small against the work.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import fcntl
+import importlib.util
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..repo import Repository, RepositoryError
+from ..stages import StageError
+from ..stages.runner import default_output_run, find_quanta
+from .graph import TERMINAL, JobGraph
+from .job import execute_batch, log_relpath
+from .pipeline import resolve_pipeline
+from .records import JobStore
+
+__all__ = ["run_pipeline", "RunSummary", "build_parsl_config", "EXECUTORS", "WorkflowError", "available_cores",
+           "NERSC_CONFIG"]
+
+EXECUTORS = ("local", "threads", "slurm")
+NERSC_CONFIG = Path(__file__).parent / "configs" / "nersc_perlmutter.py"
+INPUT_RUNS = ["raw"]
+#: aim for Parsl tasks of about this many seconds when batching quick jobs
+TARGET_TASK_SECONDS = 1.0
+MAX_BATCH = 256
+
+
+class WorkflowError(RuntimeError):
+    """The workflow cannot start (bad executor or config file, another run holds the repository...)."""
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------- Parsl configs
+def _local_htex_config(run_dir: Path, workers: int):
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    cores = available_cores()
+    # one thread per worker for BLAS/OpenMP unless the user says otherwise: workers = cores already fill the CPU
+    exports = " ".join(f"{k}=1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+                       if k not in os.environ)
+    htex = HighThroughputExecutor(
+        label="local",
+        address="127.0.0.1",
+        loopback_address="127.0.0.1",
+        max_workers_per_node=workers,
+        cores_per_worker=min(1.0, cores / workers),
+        encrypted=False,  # loopback only
+        heartbeat_period=2,
+        heartbeat_threshold=10,  # workers of a killed run notice within seconds and exit
+        worker_logdir_root=str(run_dir),
+        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1,
+                               worker_init=f"export {exports}" if exports else ""),
+    )
+    return Config(executors=[htex], run_dir=str(run_dir), strategy="none", retries=0, usage_tracking=0)
+
+
+def _threads_config(run_dir: Path, workers: int):
+    from parsl.config import Config
+    from parsl.executors.threads import ThreadPoolExecutor
+
+    return Config(executors=[ThreadPoolExecutor(label="threads", max_threads=workers)], run_dir=str(run_dir),
+                  strategy="none", retries=0, usage_tracking=0)
+
+
+def load_config_file(path: str | Path, run_dir: Path, workers: int | None):
+    """Build the Parsl config of a config file: ``make_config(run_dir=, workers=)`` or module-level ``config``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkflowError(f"--executor {path}: no such config file; give local, threads, slurm or the path of "
+                            "a Python file defining make_config(run_dir, workers)")
+    spec = importlib.util.spec_from_file_location(f"twinkles_parsl_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise WorkflowError(f"{path}: cannot load the Parsl config file ({type(exc).__name__}: {exc})") from exc
+    if hasattr(module, "make_config"):
+        config = module.make_config(run_dir=str(run_dir), workers=workers)
+    elif hasattr(module, "config"):
+        config = module.config
+        config.run_dir = str(run_dir)
+    else:
+        raise WorkflowError(f"{path}: defines neither make_config(run_dir, workers) nor config")
+    from parsl.config import Config
+    if not isinstance(config, Config):
+        raise WorkflowError(f"{path}: make_config/config gave {type(config).__name__}, not a parsl.config.Config")
+    return config
+
+
+def config_workers(config) -> int:
+    """Worker slots a Parsl config provides (for CPU efficiency = CPU / (wall x workers))."""
+    total = 0
+    for ex in config.executors:
+        if hasattr(ex, "max_threads"):
+            total += int(ex.max_threads)
+            continue
+        per_node = getattr(ex, "max_workers_per_node", None)
+        provider = getattr(ex, "provider", None)
+        cores = getattr(provider, "cores_per_node", None) or available_cores()
+        cpw = getattr(ex, "cores_per_worker", 1.0) or 1.0
+        n = int(cores // cpw)
+        if per_node not in (None, float("inf")):
+            n = min(n, int(per_node))
+        nodes = getattr(provider, "nodes_per_block", 1) * max(1, getattr(provider, "max_blocks", 1))
+        total += max(1, n) * nodes
+    return max(1, total)
+
+
+def build_parsl_config(executor: str, run_dir: Path, workers: int | None):
+    """(parsl Config, worker slots, isolated) for an ``--executor`` value."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if executor == "local":
+        n = workers or available_cores()
+        return _local_htex_config(run_dir, n), n, True
+    if executor == "threads":
+        n = workers or available_cores()
+        return _threads_config(run_dir, n), n, False
+    if executor == "slurm":
+        config = load_config_file(NERSC_CONFIG, run_dir, workers)
+    elif executor.endswith(".py"):
+        config = load_config_file(executor, run_dir, workers)
+    else:
+        raise WorkflowError(f"--executor {executor!r}: use local, threads, slurm or a CONFIG.py file")
+    isolated = not any(hasattr(ex, "max_threads") for ex in config.executors)
+    return config, config_workers(config), isolated
+
+
+# ---------------------------------------------------------------------------------------------- the run
+@dataclass
+class RunSummary:
+    run: str
+    pipeline: str
+    stages: list[str]
+    missing: list[str]
+    counts: dict
+    failures: list = field(default_factory=list)  # (label, error, log path)
+    notes: list = field(default_factory=list)
+    resumed: int = 0
+    wall_s: float = 0.0
+    workers: int = 1
+    invocation: int | None = None
+
+    @property
+    def n_failed(self) -> int:
+        return sum(c["failed"] for c in self.counts.values())
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(c["skipped-upstream"] for c in self.counts.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.n_failed == 0 and self.n_skipped == 0
+
+
+@contextlib.contextmanager
+def _repo_lock(repo: Repository):
+    path = repo.root / ".workflow.lock"
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise WorkflowError(f"{repo.root}: another `twinkles run` is working on this repository ({holder}); wait "
+                            "for it to finish or stop it, then run again (it resumes)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+class _Estimator:
+    """Mean wall time per stage of the jobs finished so far, for batch sizes."""
+
+    def __init__(self):
+        self.total: dict[str, float] = {}
+        self.count: dict[str, int] = {}
+
+    def add(self, stage: str, wall: float) -> None:
+        self.total[stage] = self.total.get(stage, 0.0) + wall
+        self.count[stage] = self.count.get(stage, 0) + 1
+
+    def mean(self, stage: str) -> float | None:
+        n = self.count.get(stage, 0)
+        return self.total[stage] / n if n else None
+
+
+def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", workers: int | None = None,
+                 retries: int = 1, run: str | None = None, query: dict | None = None,
+                 overrides: dict[str, str] | None = None, progress: bool | None = None,
+                 batch: int | None = None, echo=None) -> RunSummary:
+    """Run (or resume) a pipeline on a repository; returns a summary. Never raises for a failed job.
+
+    ``progress``: show a tqdm bar (None: only on a terminal). ``batch``: fixed quanta per Parsl task (default:
+    adaptive). ``echo``: a function printing status lines (default: stderr).
+    """
+    from ..cli import ensure_env_bin_on_path  # HTEX starts interchange.py / process_worker_pool.py from PATH
+
+    ensure_env_bin_on_path()
+    echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if retries < 0:
+        raise WorkflowError(f"--retries {retries}: must be >= 0")
+    if workers is not None and workers < 1:
+        raise WorkflowError(f"--workers {workers}: must be >= 1")
+    repo = Repository(repo_path)
+    run = run or default_output_run(repo)
+    repo.ensure_run(run)
+    pipe = resolve_pipeline(pipeline, overrides)
+    if not pipe.stages:
+        raise StageError(f"pipeline {pipeline}: none of its stages ({', '.join(pipe.missing)}) is implemented yet")
+    with _repo_lock(repo):
+        cleaned = repo.check(fix=True)
+        if cleaned["temporary_files"] or cleaned["missing_files"]:
+            echo(f"cleaned after an interrupted run: {cleaned['temporary_files']} temporary file(s), "
+                 f"{cleaned['missing_files']} registry row(s) without a file")
+        return _orchestrate(repo, run, pipe, executor, workers, retries, query or {}, progress, batch, echo)
+
+
+def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, batch, echo) -> RunSummary:
+    store = JobStore(repo, run)
+    previous = store.previous_states()
+    run_dir = repo.root / "runinfo"
+    config, n_workers, isolated = build_parsl_config(executor, run_dir, workers)
+    label = executor if executor in EXECUTORS else str(Path(executor).resolve())
+    store.start_invocation(pipe.name, pipe.names, pipe.missing, label, n_workers)
+    summary = RunSummary(run, pipe.name, pipe.names, pipe.missing, {}, workers=n_workers,
+                         invocation=store.invocation)
+    if pipe.missing:
+        summary.notes.append(f"not implemented yet (skipped): {', '.join(pipe.missing)}")
+    for stage, items in pipe.blocked_inputs.items():
+        what = ", ".join(f"{dt} (made by {maker})" for dt, maker in items)
+        summary.notes.append(f"{stage} reads {what}: only inputs already in the repository can be used")
+    input_runs = [r for r in INPUT_RUNS if r != run]
+    butler_runs = [run] + input_runs
+
+    def discover(spec):
+        return find_quanta(repo, spec.module, query, butler_runs)
+
+    graph = JobGraph(pipe, discover, lambda stage, key: previous.get((stage, key)), query)
+    store.add_pending(graph.take_new_jobs())
+    summary.resumed = sum(1 for j in graph.jobs() if j.resumed)
+    t0 = time.time()
+    status, message = "finished", ""
+    dfk = None
+    bar = None
+    try:
+        if graph.finished:
+            echo(f"nothing to do: {summary.resumed} job(s) already done" if summary.resumed else
+                 "nothing to do: no quanta (are there inputs in the repository? see `twinkles status`)")
+        else:
+            from parsl.app.app import python_app
+            from parsl.dataflow.dflow import DataFlowKernel
+
+            if summary.resumed:
+                echo(f"resuming run {run}: {summary.resumed} job(s) already done")
+            dfk = DataFlowKernel(config)
+            app = python_app(execute_batch, data_flow_kernel=dfk)
+            bar = _progress_bar(progress, graph)
+            _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, batch, bar)
+    except KeyboardInterrupt:
+        status, message = "interrupted", "interrupted by the user"
+        raise
+    except BaseException as exc:
+        status, message = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if dfk is not None:
+            dfk.cleanup()
+        summary.wall_s = time.time() - t0
+        summary.counts = graph.counts()
+        summary.failures = [(j.label, j.error, log_relpath(run, j.stage, j.key, j.attempt))
+                            for j in graph.jobs() if j.status == "failed"]
+        for name, st in graph.stages.items():
+            if st.planned and not st.jobs:
+                blocked = pipe.blocked_inputs.get(name)
+                why = (f"its input {blocked[0][0]} is made by {blocked[0][1]}, not implemented yet" if blocked
+                       else "no matching inputs")
+                summary.notes.append(f"{name}: no quanta ({why})")
+        if status == "finished" and not summary.ok:
+            message = f"{summary.n_failed} failed, {summary.n_skipped} skipped-upstream"
+        store.end_invocation(status, message)
+    return summary
+
+
+def _progress_bar(progress, graph):
+    from tqdm import tqdm
+    return tqdm(total=graph.n_total, initial=graph.n_settled, unit="job", desc="twinkles run", disable=(False if progress else
+                None if progress is None else True), dynamic_ncols=True, file=sys.stderr)
+
+
+def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, fixed_batch, bar) -> None:
+    inflight: dict = {}
+    est = _Estimator()
+    max_inflight = max(2, 2 * n_workers)
+    orchestrator = (socket.gethostname(), os.getpid())
+
+    def batch_size(stage: str) -> int:
+        if fixed_batch:
+            return fixed_batch
+        mean = est.mean(stage)
+        if mean is None:
+            return 1
+        balance = max(1, len(graph.ready) // (2 * n_workers))  # keep every worker busy to the end
+        return int(max(1, min(MAX_BATCH, balance, TARGET_TASK_SECONDS // max(mean, 1e-4))))
+
+    while True:
+        while graph.ready and len(inflight) < max_inflight:
+            first = graph.ready.popleft()
+            jobs = [first]
+            size = batch_size(first.stage)
+            while len(jobs) < size and graph.ready and graph.ready[0].stage == first.stage:
+                jobs.append(graph.ready.popleft())
+            for j in jobs:
+                j.attempts += 1
+                j.attempt += 1
+                j.status = "running"
+            store.mark_running(jobs)
+            specs = [{"stage": j.stage, "module": graph.stages[j.stage].spec.module_name, "data_id": j.data_id,
+                      "overrides": graph.stages[j.stage].spec.overrides, "attempt": j.attempt,
+                      "log_path": log_relpath(run, j.stage, j.key, j.attempt)} for j in jobs]
+            inflight[app(str(repo.root), run, input_runs, specs, isolated, orchestrator)] = jobs
+        if not inflight:
+            break
+        finished, _ = cf.wait(list(inflight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
+        for fut in finished:
+            _collect(repo, graph, store, inflight.pop(fut), fut, retries, est)
+        new = graph.take_new_jobs()
+        store.add_pending(new)
+        skipped = graph.take_changed()
+        store.mark_skipped(skipped)
+        if bar is not None:
+            bar.total, bar.n = graph.n_total, graph.n_settled
+            bar.set_postfix_str(f"running {sum(len(v) for v in inflight.values())}, failed {graph.n_failed}",
+                                refresh=False)
+            bar.refresh()
+
+
+def _collect(repo, graph, store, jobs, fut, retries, est) -> None:
+    try:
+        results = list(fut.result())
+        lost = ""
+    except Exception as exc:  # noqa: BLE001 - the worker (not the stage) failed: lost worker, killed by OOM...
+        results, lost = [], f"{type(exc).__name__}: {exc}"
+    while len(results) < len(jobs):
+        results.append({"status": "failed", "outputs": [], "error": "worker lost before the job finished "
+                        f"(killed, e.g. out of memory?){': ' + lost if lost else ''}"[:1000]})
+    done_refs = [ref for res in results if res["status"] == "done" for ref in JobStore.refs_of(res)]
+    try:
+        repo.register(done_refs)
+    except RepositoryError:
+        for res in results:  # isolate the job whose outputs cannot be registered
+            if res["status"] == "done":
+                try:
+                    repo.register(JobStore.refs_of(res))
+                except RepositoryError as exc:
+                    res.update(status="failed", error=str(exc))
+    items, settle = [], []
+    for job, res in zip(jobs, results):
+        if res.get("wall_s") is not None:
+            est.add(job.stage, res["wall_s"])
+        if res["status"] == "done":
+            items.append((job, res, "done"))
+            settle.append((job, "done", ""))
+        elif job.attempts <= retries:
+            items.append((job, res, "pending"))  # a retry follows
+            job.error = res.get("error", "")
+            graph.requeue(job)
+        else:
+            items.append((job, res, "failed"))
+            settle.append((job, "failed", res.get("error", "")))
+    store.record_results(items)
+    for job, status, error in settle:
+        graph.settle(job, status, error)

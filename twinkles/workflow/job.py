@@ -1,0 +1,173 @@
+"""What runs on a worker: one batch of jobs, each measured on its own (wall, CPU, peak RSS) and logged.
+
+A job never touches the registry: it runs the stage through :func:`twinkles.stages.runner.run_quantum_once`
+(a :class:`~twinkles.repo.QuantumButler` writing files atomically), and returns the refs it wrote with its
+measurements; the orchestrator registers them. Any exception of the stage becomes a ``failed`` result with its
+message (the traceback goes to the job's log), so one bad quantum never takes its batch or its worker down.
+
+Per-job measurements, not per worker lifetime:
+
+* CPU time: the worker process's CPU time (user + system, all its threads) across the job. A Parsl
+  HighThroughputExecutor worker runs one task at a time, so this is the job's. In the thread executor, jobs
+  share a process: CPU time is then the calling thread's (``time.thread_time``), which misses threads the job
+  starts itself.
+* Peak RSS: Linux's high-water mark VmHWM, reset before each job by writing 5 to ``/proc/self/clear_refs``.
+  In the thread executor the mark is the process's (shared by concurrent jobs), without reset.
+
+Logs: ``REPO/logs/<run>/<stage>/<stage>_<dataId>_a<attempt>.log`` written under a temporary name and renamed
+when the job ends (a killed job leaves a temporary that ``Repository.check(fix=True)`` removes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+__all__ = ["execute_batch", "execute_job", "log_relpath", "reset_peak_rss", "peak_rss_mb"]
+
+_TMP_MARKER = ".tmp-"  # == twinkles.repo.storage.TMP_MARKER (check(fix=True) removes leftovers)
+
+
+def log_relpath(run: str, stage: str, data_key: str, attempt: int) -> str:
+    """Log path relative to the repository; data ID values are validated integers/bands, so safe in a name."""
+    stem = data_key.replace("=", "").replace(",", "_") or "all"
+    return f"logs/{run}/{stage}/{stage}_{stem}_a{attempt}.log"
+
+
+def reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size (MiB) since the last reset (VmHWM), else of the process lifetime."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+class _ThreadFilter(logging.Filter):
+    def __init__(self, ident: int):
+        super().__init__()
+        self.ident = ident
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.ident
+
+
+def _jsonable(meta) -> dict:
+    try:
+        return json.loads(json.dumps(meta, default=str, allow_nan=True))
+    except (TypeError, ValueError):
+        return {"repr": repr(meta)[:2000]}
+
+
+def _orchestrator_alive(orchestrator: tuple[str, int] | None) -> bool:
+    if not orchestrator or orchestrator[0] != socket.gethostname():
+        return True
+    try:
+        os.kill(orchestrator[1], 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def execute_job(repo_root: str, run: str, input_runs: list[str], spec: dict, isolated: bool = True) -> dict:
+    """Run one job described by ``spec`` = {stage, module, data_id, overrides, attempt, log_path}.
+
+    Returns {status, outputs (DatasetRef dicts), metadata, error, start, end, wall_s, cpu_s, peak_rss_mb, host,
+    pid, log_path}. ``isolated``: the job has the process to itself (HTEX worker): its stdout/stderr and all
+    logging go to the job log, CPU and peak RSS are the process's.
+    """
+    from ..repo import Repository
+    from ..stages import apply_config_overrides
+    from ..stages.runner import run_quantum_once
+
+    root = Path(repo_root)
+    log_path = root / spec["log_path"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = log_path.with_name(f"{log_path.name}{_TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+    logf = open(tmp, "w", buffering=1)
+    host, pid = socket.gethostname(), os.getpid()
+    did = " ".join(f"{k}={v}" for k, v in spec["data_id"].items()) or "(field)"
+    logf.write(f"# twinkles job: stage {spec['stage']} {did} attempt {spec['attempt']} run {run}\n"
+               f"# host {host} pid {pid} started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    handler = logging.StreamHandler(logf)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if not isolated:
+        handler.addFilter(_ThreadFilter(threading.get_ident()))
+    root_logger = logging.getLogger()
+    old_level = root_logger.level
+    root_logger.addHandler(handler)
+    if isolated and (root_logger.level > logging.INFO or root_logger.level == logging.NOTSET):
+        root_logger.setLevel(logging.INFO)  # (in the thread executor the level is shared: left alone)
+
+    result = {"status": "failed", "outputs": [], "metadata": {}, "error": "", "host": host, "pid": pid,
+              "log_path": spec["log_path"]}
+    rss_reset = reset_peak_rss() if isolated else False
+    clock = time.process_time if isolated else time.thread_time
+    start, cpu0 = time.time(), clock()
+    redirect = (contextlib.redirect_stdout(logf), contextlib.redirect_stderr(logf)) if isolated else ()
+    try:
+        with contextlib.ExitStack() as stack:
+            for r in redirect:
+                stack.enter_context(r)
+            module = importlib.import_module(spec["module"])
+            config = apply_config_overrides(module.Config(), spec.get("overrides") or {}, spec["stage"])
+            repo = Repository(root)
+            outputs, meta = run_quantum_once(repo, module, spec["data_id"], config, run, input_runs)
+        result.update(status="done", outputs=[r.to_dict() for r in outputs], metadata=_jsonable(meta))
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a failing stage is a failed job, recorded
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        result["error"] = f"{type(exc).__name__}: {first}"[:1000]
+        buf = io.StringIO()
+        traceback.print_exc(file=buf)
+        logf.write(buf.getvalue())
+    end, cpu1 = time.time(), clock()
+    result.update(start=start, end=end, wall_s=end - start, cpu_s=cpu1 - cpu0, peak_rss_mb=peak_rss_mb())
+    logf.write(f"# {result['status']} in {result['wall_s']:.3f} s wall, {result['cpu_s']:.3f} s CPU, peak RSS "
+               f"{result['peak_rss_mb']:.1f} MiB{'' if rss_reset else ' (process peak, not reset per job)'}\n")
+    if result["error"]:
+        logf.write(f"# error: {result['error']}\n")
+    root_logger.removeHandler(handler)
+    if isolated:
+        root_logger.setLevel(old_level)
+    logf.close()
+    os.replace(tmp, log_path)
+    return result
+
+
+def execute_batch(repo_root: str, run: str, input_runs: list[str], specs: list[dict], isolated: bool = True,
+                  orchestrator: tuple[str, int] | None = None) -> list[dict]:
+    """Run a batch of jobs one after the other (the Parsl app). Stops early, returning what it did, if the
+    orchestrator on this host has died (a killed ``twinkles run`` should not leave workers computing)."""
+    out = []
+    for spec in specs:
+        if not _orchestrator_alive(orchestrator):
+            break
+        out.append(execute_job(repo_root, run, input_runs, spec, isolated))
+    return out

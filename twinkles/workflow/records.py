@@ -1,0 +1,229 @@
+"""Job records in the repository's registry (``registry.sqlite3``): written only by the orchestrator.
+
+Tables:
+
+* ``workflow_invocations`` -- one row per ``twinkles run``: run, pipeline, executor, workers, host, pid, start and
+  end (Unix seconds), status (running, finished, failed, interrupted);
+* ``jobs`` -- the current state of each job (run, stage, data ID): status (pending, running, done, failed,
+  skipped-upstream), attempt, start, end, wall, CPU time, peak RSS, host, error summary, log path, outputs;
+* ``job_attempts`` -- one row per finished attempt (failed attempts included), for the report.
+
+Times are Unix seconds (UTC); ``wall_s``/``cpu_s`` in seconds; ``peak_rss_mb`` in MiB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from ..repo import Repository
+from ..repo.dataid import data_id_key
+from ..repo.repository import DatasetRef
+
+__all__ = ["SCHEMA", "ensure_tables", "JobStore", "load_jobs", "load_attempts", "load_invocations",
+           "latest_run", "registered_paths"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS workflow_invocations (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    stages TEXT NOT NULL,
+    missing_stages TEXT NOT NULL DEFAULT '',
+    executor TEXT NOT NULL,
+    workers INTEGER NOT NULL,
+    host TEXT, pid INTEGER,
+    start REAL NOT NULL, end REAL,
+    status TEXT NOT NULL,
+    message TEXT
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    data_id TEXT NOT NULL,
+    tract INTEGER, patch INTEGER, visit INTEGER, detector INTEGER, band TEXT,
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    start REAL, end REAL, wall_s REAL, cpu_s REAL, peak_rss_mb REAL,
+    host TEXT, pid INTEGER,
+    error TEXT, log_path TEXT,
+    outputs TEXT, metadata TEXT,
+    invocation INTEGER,
+    updated REAL,
+    UNIQUE (run, stage, data_id)
+);
+CREATE INDEX IF NOT EXISTS jobs_run_stage ON jobs (run, stage, status);
+CREATE TABLE IF NOT EXISTS job_attempts (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    data_id TEXT NOT NULL,
+    visit INTEGER,
+    attempt INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    start REAL, end REAL, wall_s REAL, cpu_s REAL, peak_rss_mb REAL,
+    host TEXT, pid INTEGER, error TEXT, log_path TEXT,
+    invocation INTEGER
+);
+CREATE INDEX IF NOT EXISTS job_attempts_run ON job_attempts (run, stage);
+"""
+
+_DIMS = ("tract", "patch", "visit", "detector", "band")
+
+
+def ensure_tables(repo: Repository) -> None:
+    with repo.connect() as conn:
+        for stmt in SCHEMA.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+
+
+def _tables_exist(conn) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='jobs'").fetchone() is not None
+
+
+def registered_paths(repo: Repository, run: str) -> dict[tuple[str, str], str]:
+    """{(dataset type, data ID key): path} of the datasets registered in ``run``."""
+    with repo.read_only() as conn:
+        rows = conn.execute("SELECT dataset_type, data_id, path FROM datasets WHERE run = ?", (run,)).fetchall()
+    return {(r["dataset_type"], r["data_id"]): r["path"] for r in rows}
+
+
+class JobStore:
+    """The orchestrator's writer of job records (one instance per ``twinkles run``)."""
+
+    def __init__(self, repo: Repository, run: str):
+        self.repo = repo
+        self.run = run
+        self.invocation: int | None = None
+        ensure_tables(repo)
+
+    # -------------------------------------------------------------------------- invocations
+    def start_invocation(self, pipeline: str, stages: list[str], missing: list[str], executor: str,
+                         workers: int) -> int:
+        with self.repo.connect() as conn:
+            # an earlier invocation killed mid-way left "running" rows: they are pending again
+            conn.execute("UPDATE workflow_invocations SET status='interrupted', end=COALESCE(end, ?) "
+                         "WHERE status='running'", (time.time(),))
+            conn.execute("UPDATE jobs SET status='pending' WHERE run=? AND status='running'", (self.run,))
+            cur = conn.execute(
+                "INSERT INTO workflow_invocations(run, pipeline, stages, missing_stages, executor, workers, host, "
+                "pid, start, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                (self.run, pipeline, ",".join(stages), ",".join(missing), executor, int(workers),
+                 socket.gethostname(), os.getpid(), time.time()))
+            self.invocation = cur.lastrowid
+        return self.invocation
+
+    def end_invocation(self, status: str, message: str = "") -> None:
+        with self.repo.connect() as conn:
+            conn.execute("UPDATE workflow_invocations SET end=?, status=?, message=? WHERE id=?",
+                         (time.time(), status, message, self.invocation))
+
+    # -------------------------------------------------------------------------- reading previous state
+    def previous_states(self) -> dict[tuple[str, str], tuple[str, int]]:
+        """{(stage, data ID key): (status, attempt)}; "done" only if every recorded output is still registered
+        at the same path with its file present (else the job is done again)."""
+        registered = registered_paths(self.repo, self.run)
+        out = {}
+        with self.repo.read_only() as conn:
+            rows = conn.execute("SELECT stage, data_id, status, attempt, outputs FROM jobs WHERE run=?",
+                                (self.run,)).fetchall()
+        for r in rows:
+            status = r["status"]
+            if status == "done":
+                for ref in json.loads(r["outputs"] or "[]"):
+                    key = (ref["dataset_type"], data_id_key(ref["data_id"]))
+                    if registered.get(key) != ref["path"] or not (self.repo.root / ref["path"]).exists():
+                        status = "pending"
+                        break
+            out[(r["stage"], r["data_id"])] = (status, r["attempt"])
+        return out
+
+    # -------------------------------------------------------------------------- writing
+    def add_pending(self, jobs) -> None:
+        """Insert rows for newly planned jobs (not done): status pending; done ones keep their row."""
+        now = time.time()
+        rows = [(self.run, j.stage, j.key, *[j.data_id.get(d) for d in _DIMS], j.attempt, self.invocation, now)
+                for j in jobs if j.status != "done"]
+        if not rows:
+            return
+        with self.repo.connect() as conn:
+            conn.executemany(
+                "INSERT INTO jobs(run, stage, data_id, tract, patch, visit, detector, band, status, attempt, "
+                "invocation, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) "
+                "ON CONFLICT(run, stage, data_id) DO UPDATE SET status='pending', error=NULL, "
+                "invocation=excluded.invocation, updated=excluded.updated", rows)
+
+    def mark_running(self, jobs) -> None:
+        now = time.time()
+        with self.repo.connect() as conn:
+            conn.executemany("UPDATE jobs SET status='running', attempt=?, updated=? "
+                             "WHERE run=? AND stage=? AND data_id=?",
+                             [(j.attempt, now, self.run, j.stage, j.key) for j in jobs])
+
+    def mark_skipped(self, jobs) -> None:
+        now = time.time()
+        with self.repo.connect() as conn:
+            conn.executemany("UPDATE jobs SET status='skipped-upstream', error=?, updated=? "
+                             "WHERE run=? AND stage=? AND data_id=?",
+                             [(j.error, now, self.run, j.stage, j.key) for j in jobs])
+
+    def record_results(self, items) -> None:
+        """Record finished attempts: ``items`` = [(job, result dict, final status)], in one transaction.
+
+        Outputs of successful jobs must already be registered (``Repository.register``) -- done first, so that
+        a crash between the two leaves a job that is re-done, never a "done" job without its outputs.
+        """
+        now = time.time()
+        job_rows, attempt_rows = [], []
+        for job, res, status in items:
+            common = (res.get("start"), res.get("end"), res.get("wall_s"), res.get("cpu_s"), res.get("peak_rss_mb"),
+                      res.get("host"), res.get("pid"), res.get("error") or None, res.get("log_path"))
+            job_rows.append((status, job.attempt, *common, json.dumps(res.get("outputs", [])),
+                             json.dumps(res.get("metadata", {}), default=str), self.invocation, now,
+                             self.run, job.stage, job.key))
+            attempt_rows.append((self.run, job.stage, job.key, job.data_id.get("visit"), job.attempt,
+                                 "done" if res.get("status") == "done" else "failed", *common, self.invocation))
+        with self.repo.connect() as conn:
+            conn.executemany(
+                "UPDATE jobs SET status=?, attempt=?, start=?, end=?, wall_s=?, cpu_s=?, peak_rss_mb=?, host=?, "
+                "pid=?, error=?, log_path=?, outputs=?, metadata=?, invocation=?, updated=? "
+                "WHERE run=? AND stage=? AND data_id=?", job_rows)
+            conn.executemany(
+                "INSERT INTO job_attempts(run, stage, data_id, visit, attempt, status, start, end, wall_s, cpu_s, "
+                "peak_rss_mb, host, pid, error, log_path, invocation) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", attempt_rows)
+
+    @staticmethod
+    def refs_of(result: dict) -> list[DatasetRef]:
+        return [DatasetRef.from_dict(d) for d in result.get("outputs", [])]
+
+
+# ------------------------------------------------------------------------------ reading (status, serve, report)
+def _read(repo: Repository, sql: str, args=()) -> list[dict]:
+    with repo.read_only() as conn:
+        if not _tables_exist(conn):
+            return []
+        return [dict(r) for r in conn.execute(sql, args).fetchall()]
+
+
+def load_invocations(repo: Repository, run: str | None = None) -> list[dict]:
+    if run is None:
+        return _read(repo, "SELECT * FROM workflow_invocations ORDER BY id")
+    return _read(repo, "SELECT * FROM workflow_invocations WHERE run=? ORDER BY id", (run,))
+
+
+def latest_run(repo: Repository) -> str | None:
+    rows = _read(repo, "SELECT run FROM workflow_invocations ORDER BY id DESC LIMIT 1")
+    return rows[0]["run"] if rows else None
+
+
+def load_jobs(repo: Repository, run: str) -> list[dict]:
+    return _read(repo, "SELECT * FROM jobs WHERE run=? ORDER BY id", (run,))
+
+
+def load_attempts(repo: Repository, run: str) -> list[dict]:
+    return _read(repo, "SELECT * FROM job_attempts WHERE run=? ORDER BY start", (run,))
