@@ -1,0 +1,56 @@
+"""Sky background: a mesh-based estimate with sources masked (sep, i.e. SExtractor's algorithm).
+
+Each ``mesh_px`` x ``mesh_px`` cell gets a sigma-clipped mode estimate (2.5 median - 1.5 mean, or the median when
+the distribution is skewed), the cell values are median-filtered over ``filter_size`` cells and interpolated with a
+bicubic spline to every pixel (Bertin & Arnouts 1996). Masked pixels (detected sources grown, saturated, bad, no
+data) do not enter the estimate; cells with too few unmasked pixels are filled from their neighbours by sep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+from scipy import ndimage
+
+__all__ = ["BackgroundResult", "estimate_background", "grow_mask"]
+
+
+@dataclass
+class BackgroundResult:
+    image: np.ndarray  # background at every pixel (same units as the input image), float32
+    rms: np.ndarray  # background RMS at every pixel, float32
+    level: float  # global background level (mean over the mesh)
+    global_rms: float  # global background RMS
+
+
+def grow_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """Dilate a boolean mask by a disc of ``radius_px`` pixels."""
+    if radius_px <= 0:
+        return np.asarray(mask, bool)
+    r = int(radius_px)
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return ndimage.binary_dilation(mask, structure=(x * x + y * y) <= r * r)
+
+
+def estimate_background(image: np.ndarray, mask: np.ndarray | None = None, mesh_px: int = 128,
+                        filter_size: int = 3, fthresh: float = 0.0) -> BackgroundResult:
+    """Estimate the sky background of ``image`` with sources (``mask`` True) excluded.
+
+    Parameters: ``mesh_px`` -- cell size (pixels; DM's binSize is 128); ``filter_size`` -- median filter over cells.
+    Non-finite pixels are excluded automatically.
+    """
+    data = np.ascontiguousarray(image, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if mask is not None:
+        bad = bad | np.asarray(mask, bool)
+    if bad.all():
+        raise ValueError("estimate_background: every pixel is masked or non-finite; nothing to estimate from")
+    if bad.any():
+        data = np.where(bad, 0.0, data).astype(np.float32)
+    ny, nx = data.shape
+    mesh = int(max(8, min(mesh_px, ny, nx)))
+    bkg = sep.Background(data, mask=bad, bw=mesh, bh=mesh, fw=filter_size, fh=filter_size, fthresh=fthresh)
+    return BackgroundResult(bkg.back(dtype=np.float32), bkg.rms(dtype=np.float32), float(bkg.globalback),
+                            float(bkg.globalrms))
