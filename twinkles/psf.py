@@ -199,7 +199,7 @@ class PiffPSF(PSF):
     def kernel_image(self, x, y, size=None):
         size = size or self.default_size
         size += 1 - size % 2
-        return self._draw(x, y, size, center=None)
+        return self._draw(x, y, size, center=True)  # centred on the stamp (center=None would put it at (x, y))
 
     def image_at(self, x, y, size=None):
         size = size or self.default_size
