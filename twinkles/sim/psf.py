@@ -1,0 +1,135 @@
+"""The true per-visit PSF: Kolmogorov atmosphere x optics, varying across the sensor.
+
+Model (GalSim profiles, angles in the pixel frame), at normalised position u = (x - cx) / L, v = (y - cy) / L
+with L = ``psf_variation_scale_px`` (half a 4k sensor by default, so the variation is physical, not per image):
+
+* atmosphere: ``Kolmogorov(fwhm=psfAtmFwhm)`` sheared by g1 = psfAtmG1 + psfAtmDG1DU u + psfAtmDG1DV v,
+  g2 = psfAtmG2 + psfAtmDG2DU u + psfAtmDG2DV v (wind-driven, per visit);
+* optics and sensor: ``Gaussian(fwhm=psfSysFwhm (1 + psfSizeR2 (u^2 + v^2)))`` (telescope + camera seeing, growing
+  off-axis like defocus) sheared by astigmatism g1 = psfAstig (u^2 - v^2), g2 = 2 psfAstig u v, convolved with the
+  ``Airy`` pattern of the 8.36 m obscured (0.61) pupil;
+* the pixel response (a 0.2" boxcar).
+
+``psfAtmFwhm`` comes from the reported FWHMeff by inverting OpSim's FWHMeff = 1.16 sqrt(sys^2 + 1.04 atm^2)
+(SMTN-002), ``psfSysFwhm`` is SMTN-002's system contribution at the visit's airmass.
+
+The PSF is tabulated on a ``psf_grid`` x ``psf_grid`` grid of zone centres and bilinearly interpolated in between
+(exactly what :class:`twinkles.psf.ImageGridPSF` does), so :func:`true_psf` is the PSF the renderer used, to
+the precision of the interpolation of sub-pixel shifts. Stamps are ``psf_stamp_px`` wide and normalised to 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..psf import ImageGridPSF
+from .lsst import LAMBDA_EFF_NM, fwhm_atm_from_eff, fwhm_sys
+
+__all__ = ["PSF_COLUMNS", "draw_psf_params", "PsfGrid", "psf_grid", "true_psf", "psf_profile"]
+
+PSF_COLUMNS = ("psfAtmFwhm", "psfAtmG1", "psfAtmG2", "psfAtmDG1DU", "psfAtmDG1DV", "psfAtmDG2DU", "psfAtmDG2DV",
+               "psfSysFwhm", "psfSizeR2", "psfAstig", "psfLambdaNm")
+TELESCOPE_DIAMETER_M = 8.36
+OBSCURATION = 0.61
+
+
+def draw_psf_params(rng: np.random.Generator, cfg: dict, band: str, airmass: float,
+                    seeing_fwhm_eff: float) -> dict:
+    """Random per-visit PSF parameters (the columns of :data:`PSF_COLUMNS`)."""
+    g = float(cfg["psf_atm_g_rms"])
+    d = float(cfg["psf_atm_grad_rms"])
+    return dict(psfAtmFwhm=fwhm_atm_from_eff(seeing_fwhm_eff, airmass),
+                psfAtmG1=float(rng.normal(0, g)), psfAtmG2=float(rng.normal(0, g)),
+                psfAtmDG1DU=float(rng.normal(0, d)), psfAtmDG1DV=float(rng.normal(0, d)),
+                psfAtmDG2DU=float(rng.normal(0, d)), psfAtmDG2DV=float(rng.normal(0, d)),
+                psfSysFwhm=fwhm_sys(airmass), psfSizeR2=float(cfg["psf_size_r2"]),
+                psfAstig=float(cfg["psf_astig"]) * float(rng.uniform(0.5, 1.5)),
+                psfLambdaNm=LAMBDA_EFF_NM[band])
+
+
+def psf_profile(visit_row: dict, u: float, v: float):
+    """The GalSim PSF profile (arcsec units, no pixel) at normalised detector position (u, v)."""
+    import galsim
+    r = visit_row
+    g1 = r["psfAtmG1"] + r["psfAtmDG1DU"] * u + r["psfAtmDG1DV"] * v
+    g2 = r["psfAtmG2"] + r["psfAtmDG2DU"] * u + r["psfAtmDG2DV"] * v
+    atm = galsim.Kolmogorov(fwhm=float(r["psfAtmFwhm"])).shear(g1=float(g1), g2=float(g2))
+    sys_fwhm = float(r["psfSysFwhm"]) * (1.0 + float(r["psfSizeR2"]) * (u * u + v * v))
+    a = float(r["psfAstig"])
+    optics = galsim.Gaussian(fwhm=sys_fwhm).shear(g1=a * (u * u - v * v), g2=2 * a * u * v)
+    airy = galsim.Airy(lam=float(r["psfLambdaNm"]), diam=TELESCOPE_DIAMETER_M, obscuration=OBSCURATION)
+    return galsim.Convolve(atm, optics, airy)
+
+
+@dataclass
+class PsfGrid:
+    """Pixel-convolved PSF images on a grid of detector positions, oversampled for sub-pixel placement.
+
+    ``fine[j, i]`` is the PSF (convolved with the pixel) sampled every 1/``oversample`` pixel over native
+    offsets -h..h (h = stamp // 2) at node (xs[i], ys[j]); ``fine[j, i, ::oversample, ::oversample]`` is the
+    native stamp centred on the central pixel.
+    """
+
+    xs: np.ndarray
+    ys: np.ndarray
+    fine: np.ndarray
+    oversample: int
+    stamp: int
+
+    @property
+    def native(self) -> np.ndarray:
+        n = self.oversample
+        out = self.fine[:, :, ::n, ::n]
+        return out / out.sum(axis=(2, 3), keepdims=True)
+
+    def to_psf(self) -> ImageGridPSF:
+        return ImageGridPSF(self.native, self.xs, self.ys)
+
+
+def _node_positions(n_px: int, k: int) -> np.ndarray:
+    return (np.arange(k) + 0.5) * n_px / k - 0.5
+
+
+def psf_grid(visit_row: dict, repo_config: dict) -> PsfGrid:
+    """Draw the visit's PSF at the zone centres (GalSim; deterministic given the visit row)."""
+    import galsim
+    width = int(repo_config.get("width", repo_config.get("size")))
+    height = int(repo_config.get("height", repo_config.get("size")))
+    scale = float(repo_config["pixel_scale_arcsec"])
+    k = int(repo_config.get("psf_grid", 3))
+    stamp = int(repo_config.get("psf_stamp_px", 61))
+    n = int(repo_config.get("psf_oversample", 4))
+    length = float(repo_config.get("psf_variation_scale_px", 2048))
+    h = stamp // 2
+    nfine = 2 * n * h + 1
+    xs, ys = _node_positions(width, k), _node_positions(height, k)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    fine = np.empty((k, k, nfine, nfine))
+    pixel = galsim.Pixel(scale)
+    for j, y in enumerate(ys):
+        for i, x in enumerate(xs):
+            prof = galsim.Convolve(psf_profile(visit_row, (x - cx) / length, (y - cy) / length), pixel)
+            img = prof.drawImage(nx=nfine, ny=nfine, scale=scale / n, method="no_pixel")
+            fine[j, i] = img.array
+    return PsfGrid(xs, ys, fine, n, stamp)
+
+
+def true_psf(visit_row: dict, repo_config: dict) -> ImageGridPSF:
+    """The true PSF of a visit as an :class:`~twinkles.psf.ImageGridPSF` (normalised, pixel-convolved stamps)."""
+    return psf_grid(dict(visit_row), repo_config).to_psf()
+
+
+def n_eff_pixels(stamp: np.ndarray) -> float:
+    """Effective number of pixels of a normalised PSF stamp, 1 / sum(p^2) (the n_eff of PSF photometry)."""
+    p = stamp / stamp.sum()
+    return float(1.0 / np.sum(p * p))
+
+
+def fwhm_arcsec(psf: ImageGridPSF, x: float, y: float, pixel_scale_arcsec: float) -> float:
+    return float(psf.fwhm(x, y)) * pixel_scale_arcsec
+
+
+_ = math
