@@ -78,10 +78,19 @@ def _local_htex_config(run_dir: Path, workers: int):
         heartbeat_period=2,
         heartbeat_threshold=10,  # workers of a killed run notice within seconds and exit
         worker_logdir_root=str(run_dir),
-        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1,
+        # the block is started by _start_local_block at once (Parsl's poller would wait strategy_period = 5 s)
+        provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=1,
                                worker_init=f"export {exports}" if exports else ""),
     )
     return Config(executors=[htex], run_dir=str(run_dir), strategy="none", retries=0, usage_tracking=0)
+
+
+def _start_local_block(dfk) -> None:
+    """Start the worker pool of our local HTEX now rather than at the poller's first tick."""
+    ex = dfk.executors.get("local")
+    if ex is not None and hasattr(ex, "scale_out_facade") and getattr(ex, "provider", None) is not None \
+            and ex.provider.init_blocks == 0:
+        ex.scale_out_facade(1)
 
 
 def _threads_config(run_dir: Path, workers: int):
@@ -291,6 +300,7 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
             if summary.resumed:
                 echo(f"resuming run {run}: {summary.resumed} job(s) already done")
             dfk = DataFlowKernel(config)
+            _start_local_block(dfk)
             app = python_app(execute_batch, data_flow_kernel=dfk)
             bar = _progress_bar(progress, graph)
             _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, batch, bar)

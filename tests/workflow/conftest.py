@@ -1,0 +1,32 @@
+"""Fixtures of the workflow tests: the test-only stages (registered for this process and for Parsl workers and
+`twinkles run` subprocesses through TWINKLES_STAGE_MODULES and PYTHONPATH) and tiny repositories."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import wf_common  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def wf_stage_env(monkeypatch):
+    """Register the test stages in this process and in every process it starts."""
+    monkeypatch.setenv("TWINKLES_STAGE_MODULES", wf_common.ENV_VALUE)
+    parts = [str(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(parts))
+    from twinkles.workflow.pipeline import register_env_stages
+    register_env_stages()
+    yield
+
+
+def job_rows(repo, run="runs/l2"):
+    with repo.read_only() as conn:
+        return [dict(r) for r in conn.execute("SELECT * FROM jobs WHERE run=? ORDER BY stage, visit", (run,))]

@@ -1,0 +1,106 @@
+"""Progress of a run from the job records: per stage counts, failures with their messages, the last invocation.
+
+Read-only: used by ``twinkles status``, the status page and the report.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from ..repo import Repository
+from .graph import STATUSES
+from .records import latest_run, load_invocations, load_jobs
+
+__all__ = ["collect_status", "format_status"]
+
+
+def _alive(inv: dict) -> bool:
+    if inv.get("host") != socket.gethostname() or not inv.get("pid"):
+        return True  # cannot tell from here
+    try:
+        os.kill(int(inv["pid"]), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def collect_status(repo: Repository | str, run: str | None = None) -> dict:
+    """{run, stages: {stage: {status: count, total}}, totals, failures: [...], invocation, state}.
+
+    ``state``: running, finished, failed, interrupted (a "running" invocation whose process is gone), or none.
+    """
+    repo = repo if isinstance(repo, Repository) else Repository(repo)
+    run = run or latest_run(repo)
+    out = {"run": run, "stages": {}, "totals": dict.fromkeys(STATUSES, 0), "failures": [], "invocation": None,
+           "state": "none", "missing_stages": [], "repo": str(repo.root), "time": time.time()}
+    if run is None:
+        return out
+    invs = load_invocations(repo, run)
+    stage_order: list[str] = []
+    if invs:
+        inv = invs[-1]
+        state = inv["status"]
+        if state == "running" and not _alive(inv):
+            state = "interrupted"
+        out["invocation"] = inv
+        out["state"] = state
+        stage_order = [s for s in inv["stages"].split(",") if s]
+        out["missing_stages"] = [s for s in (inv.get("missing_stages") or "").split(",") if s]
+    jobs = load_jobs(repo, run)
+    for s in stage_order + sorted({j["stage"] for j in jobs} - set(stage_order)):
+        out["stages"][s] = dict.fromkeys(STATUSES, 0)
+    for j in jobs:
+        status = j["status"]
+        if status == "running" and out["state"] != "running":
+            status = "pending"  # its run is gone: it will be redone
+        out["stages"][j["stage"]][status] += 1
+        out["totals"][status] += 1
+        if status in ("failed", "skipped-upstream"):
+            out["failures"].append({"stage": j["stage"], "data_id": j["data_id"], "status": status,
+                                    "attempt": j["attempt"], "error": j["error"] or "", "log_path": j["log_path"]})
+    for c in out["stages"].values():
+        c["total"] = sum(c[s] for s in STATUSES)
+    out["totals"]["total"] = sum(out["totals"][s] for s in STATUSES)
+    return out
+
+
+def format_status(st: dict, max_failures: int = 50) -> str:
+    if st["run"] is None:
+        return f"{st['repo']}: no workflow run yet; start one with `twinkles run {st['repo']}`"
+    lines = []
+    inv = st["invocation"]
+    if inv:
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(inv["start"]))
+        lines.append(f"run {st['run']} (pipeline {inv['pipeline']}, executor {inv['executor']}, {inv['workers']} "
+                     f"workers): {st['state']}, started {started}")
+        if st["state"] == "interrupted":
+            lines.append("  the last `twinkles run` stopped before the end: run it again to finish (it resumes)")
+    else:
+        lines.append(f"run {st['run']}")
+    width = max([len(s) for s in st["stages"]] + [5])
+    lines.append(f"  {'stage':<{width}}  {'done':>6} {'failed':>6} {'skipped':>7} {'running':>7} {'pending':>7}"
+                 f" {'total':>6}")
+    for name, c in list(st["stages"].items()) + [("all", st["totals"])]:
+        pct = 100.0 * c["done"] / c["total"] if c["total"] else 0.0
+        lines.append(f"  {name:<{width}}  {c['done']:>6} {c['failed']:>6} {c['skipped-upstream']:>7} "
+                     f"{c['running']:>7} {c['pending']:>7} {c['total']:>6}  {pct:5.1f}% done")
+    if st["missing_stages"]:
+        lines.append(f"  not implemented yet: {', '.join(st['missing_stages'])}")
+    failed = [f for f in st["failures"] if f["status"] == "failed"]
+    skipped = [f for f in st["failures"] if f["status"] == "skipped-upstream"]
+    if failed:
+        lines.append(f"failures ({len(failed)}):")
+        for f in failed[:max_failures]:
+            lines.append(f"  {f['stage']} {f['data_id']} (attempt {f['attempt']}): {f['error']}")
+            if f["log_path"]:
+                lines.append(f"      log: {f['log_path']}")
+        if len(failed) > max_failures:
+            lines.append(f"  ... and {len(failed) - max_failures} more")
+    if skipped:
+        lines.append(f"skipped because an upstream job failed: {len(skipped)} job(s), e.g. {skipped[0]['stage']} "
+                     f"{skipped[0]['data_id']}")
+    return "\n".join(lines)
