@@ -201,6 +201,8 @@ class JobGraph:
             for job in st.jobs.values():
                 ups = index.get(tuple(job.data_id[d] for d in common), [])
                 job.upstream[pname] = ups
+                if job.resumed and any(u.status != "done" for u in ups):
+                    self._invalidate(job)
                 for up in ups:
                     if up.status not in TERMINAL:
                         up.downstream.append(job)
@@ -210,6 +212,14 @@ class JobGraph:
             if job.waiting == 0:
                 self._release(job)
         return True
+
+    def _invalidate(self, job: Job) -> None:
+        """A job done earlier whose upstream jobs run again (e.g. a coadd made while a visit had failed, the
+        visit since fixed) is done again, so a resumed run ends as an uninterrupted one would."""
+        job.status = "pending"
+        job.resumed = False
+        self.n_settled -= 1
+        self.new_jobs.append(job)  # recorded as pending again
 
     def _release(self, job: Job) -> None:
         """All upstream jobs have finished: queue the job, or skip it if a producer gave it nothing."""
