@@ -37,6 +37,7 @@ _COMMON = dict(
     fwhm500_sigma_ln=0.25,
     rot_sky_pos_deg=0.0,          # camera rotation; None: random per visit (as OpSim)
     dither_arcsec=0.0,            # rms of random true pointing offsets (0: DDF-like fixed pointing)
+    opsim_radius_deg=0.25,        # OpSim visits whose boresight is within this of the field are used
     cloud_mean_mag=0.02,          # mean grey extinction (exponential distribution), mag
     # perturbed header WCS (PhoSim-like): per-visit random offset (rms per axis) and rotation (rms)
     wcs_offset_arcsec=3.0,

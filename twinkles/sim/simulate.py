@@ -1,0 +1,313 @@
+"""Simulate a Twinkles-like field into a data repository: eimages, reference catalog and the truth.
+
+:func:`simulate_field` is the whole simulator: cadence -> sky model -> for every visit, the true PSF and WCS, the
+galaxies convolved with the PSF, the point sources at their fluxes of the moment, sky, Poisson and read noise,
+cosmic rays, saturation with bleed trails, the perturbed header WCS -> ``eimage`` (run ``raw``); then ``ref_cat``
+(run ``raw``) and ``truth_catalog``, ``truth_lightcurves``, ``visit_table`` (run ``truth``).
+
+Reproducible: the cadence and sky model come from ``seed``; each visit's conditions and noise from
+(``seed``, visit), so the same seed gives identical pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from ..image import Exposure, VisitInfo
+from ..psf import measure_fwhm
+from ..repo import RAW_RUN, TRUTH_RUN, Repository
+from . import SimulationInputError
+from .cadence import generate_cadence, read_opsim
+from .lsst import (electrons_to_njy_factor, m5_from_noise, sky_electrons_per_pixel, zero_point)
+from .presets import get_preset
+from .psf import PSF_COLUMNS, draw_psf_params, n_eff_pixels, psf_grid
+from .render import (BRIGHT_STAR_E, GalaxyStamps, add_bright_stars, add_cosmic_rays, add_point_sources,
+                     bleed_saturation, convolve_with_psf_grid)
+from .skymodel import POINT_TYPES, SkyModel, make_sky_model
+from .wcs import header_wcs, tan_deproject, true_wcs
+
+__all__ = ["simulate_field", "plan_visits", "VisitRenderer", "make_ref_cat", "repo_config_for"]
+
+REF_DEPTH_MAG = 24.0  # 5-sigma depth of the (deeper, earlier) survey the reference catalog comes from
+REF_MAG_LIMIT = 23.0  # r-band limit of the reference catalog
+
+
+def _plain(value):
+    """YAML-safe copy (tuples -> lists, numpy scalars -> python)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def repo_config_for(cfg: dict, seed: int) -> dict:
+    """The repository configuration the simulator records (twinkles.yaml)."""
+    return {
+        "instrument": "LSST-like single sensor (simulated)",
+        "field_ra_deg": float(cfg["field_ra_deg"]),
+        "field_dec_deg": float(cfg["field_dec_deg"]),
+        "pixel_scale_arcsec": float(cfg["pixel_scale_arcsec"]),
+        "width": int(cfg["width"]),
+        "height": int(cfg["height"]),
+        "size": int(cfg["size"]),
+        "preset": cfg["preset"],
+        "seed": int(seed),
+        "gain": float(cfg["gain"]),
+        "read_noise_e": float(cfg["read_noise_e"]),
+        "saturation_e": float(cfg["saturation_e"]),
+        "bands": cfg["bands"],
+        "psf_grid": int(cfg["psf_grid"]),
+        "psf_stamp_px": int(cfg["psf_stamp_px"]),
+        "psf_oversample": int(cfg["psf_oversample"]),
+        "psf_variation_scale_px": float(cfg["psf_variation_scale_px"]),
+        "simulation": _plain(cfg),
+    }
+
+
+def plan_visits(cfg: dict, cadence: Table, seed: int) -> list[dict]:
+    """Per-visit conditions (the visit table minus the columns measured on the rendered PSF)."""
+    scale = float(cfg["pixel_scale_arcsec"])
+    rows = []
+    for rec in cadence:
+        visit = int(rec["visit"])
+        band = str(rec["band"])
+        rng = np.random.default_rng([int(seed), visit, 7])
+        exptime, airmass = float(rec["exptime"]), float(rec["airmass"])
+        cloud = float(rng.exponential(cfg["cloud_mean_mag"])) if cfg["cloud_mean_mag"] > 0 else 0.0
+        zp = zero_point(band, exptime, airmass, cloud)
+        sky_e = sky_electrons_per_pixel(band, float(rec["skyBrightness"]), exptime, scale)
+        psf = draw_psf_params(rng, cfg, band, airmass, float(rec["seeingFwhmEff"]))
+        d = float(cfg["dither_arcsec"])
+        ddx, ddy = (rng.normal(0, d, 2) if d > 0 else (0.0, 0.0))
+        cra, cdec = tan_deproject(ddx / 3600.0, ddy / 3600.0, cfg["field_ra_deg"], cfg["field_dec_deg"])
+        off = float(cfg["wcs_offset_arcsec"])
+        row = dict(visit=visit, band=band, midpointMjdTai=float(rec["mjd"]), expTime=exptime, airmass=airmass,
+                   seeingReported=float(rec["seeingFwhmEff"]), skyBg=sky_e,
+                   skyBrightness=float(rec["skyBrightness"]), zeroPoint=zp, cloudExtinction=cloud,
+                   fiveSigmaDepthReported=float(rec["fiveSigmaDepth"]),
+                   boresightRa=float(rec["fieldRA"]), boresightDec=float(rec["fieldDec"]),
+                   rotSkyPos=float(rec["rotSkyPos"]), trueCrval1=float(cra), trueCrval2=float(cdec),
+                   trueRotation=float(rec["rotSkyPos"]),
+                   wcsOffsetRa=float(rng.normal(0, off)), wcsOffsetDec=float(rng.normal(0, off)),
+                   wcsRotOffset=float(rng.normal(0, cfg["wcs_rotation_deg"])),
+                   skyGradX=float(rng.normal(0, cfg["sky_gradient_rms"])),
+                   skyGradY=float(rng.normal(0, cfg["sky_gradient_rms"])), **psf)
+        rows.append(row)
+    return rows
+
+
+class VisitRenderer:
+    """Renders visits of one simulated field; caches galaxy stamps/scenes per true pointing and band."""
+
+    def __init__(self, cfg: dict, sky: SkyModel, seed: int, timing: dict | None = None):
+        self.cfg = cfg
+        self.sky = sky
+        self.seed = int(seed)
+        self.width, self.height = int(cfg["width"]), int(cfg["height"])
+        self.scale = float(cfg["pixel_scale_arcsec"])
+        self.pad = int(cfg["psf_stamp_px"]) // 2 + 2
+        types = np.asarray(sky.truth["type"])
+        self.point_rows = np.flatnonzero(np.isin(types, POINT_TYPES))
+        self._key = None
+        self._stamps: GalaxyStamps | None = None
+        self._scenes: dict[str, np.ndarray] = {}
+        self._positions = None
+        self.timing = timing if timing is not None else {}
+
+    def _tick(self, name: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        self.timing[name] = self.timing.get(name, 0.0) + (t1 - t0)
+        return t1
+
+    @staticmethod
+    def pointing_key(row: dict) -> tuple:
+        return (round(row["trueCrval1"], 9), round(row["trueCrval2"], 9), round(row["trueRotation"], 6))
+
+    def prepare_pointing(self, row: dict, bands: str) -> None:
+        """Draw galaxy stamps for this true pointing and build the scenes of ``bands`` (then free the stamps)."""
+        key = self.pointing_key(row)
+        if key == self._key and all(b in self._scenes for b in bands):
+            return
+        t0 = time.perf_counter()
+        wcs = true_wcs(row, self.cfg)
+        if key != self._key or self._stamps is None:
+            self._scenes = {}
+            self._stamps = GalaxyStamps(self.sky.truth, wcs, self.width, self.height, self.pad, self.scale)
+            t = self.sky.truth
+            self._positions = wcs.all_world2pix(np.asarray(t["ra"]), np.asarray(t["dec"]), 0)
+            self._key = key
+            t0 = self._tick("galaxy_stamps", t0)
+        for b in bands:
+            if b not in self._scenes:
+                self._scenes[b] = self._stamps.scene(np.asarray(self.sky.truth[f"{b}_flux"]),
+                                                     np.asarray(self.sky.truth[f"{b}_bulgeFrac"]))
+        self._tick("galaxy_scenes", t0)
+
+    def release_stamps(self) -> None:
+        self._stamps = None
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._positions
+
+    def render(self, row: dict, visit_index: int) -> tuple[Exposure, dict]:
+        """Render one visit; returns the eimage and the measured truth columns (seeing, m5, counts)."""
+        cfg = self.cfg
+        band = row["band"]
+        self.prepare_pointing(row, band)
+        t0 = time.perf_counter()
+        grid = psf_grid(row, cfg)
+        cx, cy = (self.width - 1) / 2.0, (self.height - 1) / 2.0
+        kernel = grid.to_psf().kernel_image(cx, cy)
+        seeing = measure_fwhm(kernel) * self.scale
+        rn = float(cfg["read_noise_e"])
+        m5 = m5_from_noise(row["zeroPoint"], row["skyBg"], rn, n_eff_pixels(kernel))
+        t0 = self._tick("psf", t0)
+        njy_per_e = electrons_to_njy_factor(row["zeroPoint"])
+        expected = convolve_with_psf_grid(self._scenes[band], grid, self.width, self.height, self.pad)
+        expected *= np.float32(1.0 / njy_per_e)
+        t0 = self._tick("galaxy_convolution", t0)
+        x, y = self._positions
+        flux = self.sky.fluxes_at_visit(visit_index, band)
+        pr = self.point_rows
+        expected = expected.astype(np.float64)
+        fe = flux[pr] / njy_per_e
+        bright = fe > BRIGHT_STAR_E
+        add_point_sources(expected, grid, x[pr][~bright], y[pr][~bright], fe[~bright])
+        add_bright_stars(expected, row, cfg, x[pr][bright], y[pr][bright], fe[bright])
+        t0 = self._tick("point_sources", t0)
+        u = (np.arange(self.width) - cx) / (self.width / 2.0)
+        v = (np.arange(self.height) - cy) / (self.height / 2.0)
+        expected += row["skyBg"] * (1.0 + row["skyGradX"] * u[None, :] + row["skyGradY"] * v[:, None])
+        rng = np.random.default_rng([self.seed, int(row["visit"]), 11])
+        charge = rng.poisson(expected).astype(np.float64)
+        del expected
+        n_cr = 0
+        if cfg["cosmic_rays"]:
+            n_cr = int(rng.poisson(cfg["cosmic_rays_per_mpix"] * self.width * self.height / 1e6))
+            add_cosmic_rays(charge, rng, n_cr)
+        full = float(cfg["saturation_e"])
+        saturated = bleed_saturation(charge, full)
+        image = (charge + rng.normal(0.0, rn, charge.shape)).astype(np.float32)
+        del charge
+        image[saturated] = full
+        variance = np.maximum(image, 0) + np.float32(rn * rn)
+        t0 = self._tick("noise_and_defects", t0)
+        info = VisitInfo(visit=int(row["visit"]), band=band, mjd_tai=row["midpointMjdTai"], exp_time_s=row["expTime"],
+                         airmass=row["airmass"], seeing_arcsec=row["seeingReported"], sky_level_e=row["skyBg"],
+                         detector=0, pixel_scale_arcsec=self.scale, boresight_ra_deg=row["boresightRa"],
+                         boresight_dec_deg=row["boresightDec"], rot_sky_pos_deg=row["rotSkyPos"])
+        exposure = Exposure(image, np.zeros(image.shape, dtype=np.int32), variance, wcs=header_wcs(row, cfg),
+                            psf=None, photo_calib=None, visit_info=info,
+                            metadata={"gain": float(cfg["gain"]), "readnoise": rn, "saturate": full})
+        measured = dict(seeing=seeing, fiveSigmaDepth=m5, nCosmicRays=n_cr,
+                        nSaturatedPixels=int(saturated.sum()))
+        return exposure, measured
+
+
+def make_ref_cat(truth: Table, rng: np.random.Generator) -> Table:
+    """Reference stars (truth stars with r < 23) with realistic errors, as if from a deeper earlier survey
+    (5-sigma depth 24 in g, r, i): flux errors f sqrt(0.01^2 + SNR^-2), positional errors
+    sqrt(5^2 + (700 / SNR)^2) mas; the catalogue values are the truth plus a draw of those errors.
+    ``coord_raErr`` is the error on the sky (of RA cos Dec), in degrees."""
+    sel = (np.asarray(truth["type"]) == "star") & (np.asarray(truth["r_flux"]) > 10 ** (-0.4 * (REF_MAG_LIMIT - 31.4)))
+    t = truth[sel]
+    n = len(t)
+    f5 = 10 ** (-0.4 * (REF_DEPTH_MAG - 31.4))
+    out = Table()
+    out["id"] = np.asarray(t["id"], dtype=np.int64)
+    snr_r = 5.0 * np.asarray(t["r_flux"]) / f5
+    pos_err_mas = np.sqrt(5.0 ** 2 + (700.0 / snr_r) ** 2)
+    err_deg = pos_err_mas / 3.6e6
+    dec = np.asarray(t["dec"])
+    out["coord_ra"] = (np.asarray(t["ra"]) + rng.normal(0, 1, n) * err_deg / np.cos(np.radians(dec))) % 360.0
+    out["coord_dec"] = dec + rng.normal(0, 1, n) * err_deg
+    out["coord_raErr"] = err_deg
+    out["coord_decErr"] = err_deg
+    for b in "gri":
+        f = np.asarray(t[f"{b}_flux"], dtype=float)
+        err = f * np.sqrt(0.01 ** 2 + (f5 / (5.0 * f)) ** 2)
+        out[f"{b}_flux"] = f + rng.normal(0, 1, n) * err
+        out[f"{b}_fluxErr"] = err
+    return out
+
+
+def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, opsim: str | Path | None = None,
+                   n_visits: int | None = None, bands: str | None = None,
+                   progress: Callable[[int, int, dict], None] | None = None, **overrides) -> Repository:
+    """Simulate a field into the repository at ``repo_path`` (created if needed) and return it.
+
+    ``overrides``: any preset key (see :mod:`twinkles.sim.presets`), e.g. ``size=256, cosmic_rays=False``.
+    ``progress(i, n, info)`` is called after each visit with info = {visit, band, seconds, seeing}.
+    """
+    if bands is not None:
+        overrides["bands"] = bands
+    if n_visits is not None:
+        if int(n_visits) < 1:
+            raise SimulationInputError(f"--visits {n_visits}: need at least one visit")
+        overrides["n_visits"] = int(n_visits)
+    cfg = get_preset(preset, **overrides)
+    cfg["width"] = cfg["height"] = int(cfg["size"])
+    seed = int(seed)
+    rng_cad, rng_sky, rng_ref = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    if opsim is not None:
+        cadence = read_opsim(opsim, cfg["field_ra_deg"], cfg["field_dec_deg"],
+                             radius_deg=float(cfg.get("opsim_radius_deg", 0.25)), bands=cfg["bands"],
+                             n_visits=cfg["n_visits"] if n_visits is not None else None)
+    else:
+        cadence = generate_cadence(cfg, rng_cad)
+    sky = make_sky_model(cfg, cadence, rng_sky)
+    rows = plan_visits(cfg, cadence, seed)
+    repo = Repository.create(repo_path, repo_config_for(cfg, seed))
+    renderer = VisitRenderer(cfg, sky, seed)
+    # visits grouped by true pointing so that galaxy stamps are drawn once per pointing
+    order = sorted(range(len(rows)), key=lambda i: (VisitRenderer.pointing_key(rows[i]), i))
+    lc_rows = []
+    visit_rows: list[dict | None] = [None] * len(rows)
+    n = len(rows)
+    for done, i in enumerate(order, start=1):
+        t0 = time.perf_counter()
+        row = rows[i]
+        key = VisitRenderer.pointing_key(row)
+        renderer.prepare_pointing(row, "".join(sorted({r["band"] for r in rows
+                                                        if VisitRenderer.pointing_key(r) == key})))
+        exposure, measured = renderer.render(row, i)
+        repo.put(exposure, "eimage", {"visit": row["visit"], "detector": 0}, run=RAW_RUN)
+        visit_rows[i] = dict(row, **measured)
+        x, y = renderer.positions()
+        vr = sky.var_rows
+        inside = (x[vr] >= -0.5) & (x[vr] < cfg["width"] - 0.5) & (y[vr] >= -0.5) & (y[vr] < cfg["height"] - 0.5)
+        for k in np.flatnonzero(inside):
+            lc_rows.append((int(sky.truth["id"][vr[k]]), row["visit"], row["band"], row["midpointMjdTai"],
+                            float(sky.var_flux[k, i])))
+        if progress is not None:
+            progress(done, n, dict(visit=row["visit"], band=row["band"], seconds=time.perf_counter() - t0,
+                                   seeing=measured["seeing"]))
+    renderer.release_stamps()
+    repo.put(make_ref_cat(sky.truth, rng_ref), "ref_cat", {}, run=RAW_RUN)
+    repo.put(sky.truth, "truth_catalog", {}, run=TRUTH_RUN)
+    lc = Table(rows=lc_rows, names=("id", "visit", "band", "midpointMjdTai", "flux"),
+               dtype=(np.int64, np.int64, "U1", float, float)) if lc_rows else Table(
+        names=("id", "visit", "band", "midpointMjdTai", "flux"), dtype=(np.int64, np.int64, "U1", float, float))
+    lc.sort(["id", "visit"])
+    repo.put(lc, "truth_lightcurves", {}, run=TRUTH_RUN)
+    vt = Table(rows=[[r[c] for c in _VISIT_COLUMNS] for r in visit_rows], names=_VISIT_COLUMNS)
+    repo.put(vt, "visit_table", {}, run=TRUTH_RUN)
+    return repo
+
+
+_VISIT_COLUMNS = ("visit", "band", "midpointMjdTai", "expTime", "airmass", "seeing", "seeingReported", "skyBg",
+                  "skyBrightness", "zeroPoint", "fiveSigmaDepth", "fiveSigmaDepthReported", "cloudExtinction",
+                  "boresightRa", "boresightDec", "rotSkyPos", "trueCrval1", "trueCrval2", "trueRotation",
+                  "wcsOffsetRa", "wcsOffsetDec", "wcsRotOffset", "skyGradX", "skyGradY", *PSF_COLUMNS,
+                  "nCosmicRays", "nSaturatedPixels")
+
+_ = math
