@@ -6,8 +6,8 @@
    ``max_offset_arcsec`` of the brightest detections and references is histogrammed; the rotation and offset
    whose histogram peak holds most pairs win (a Hough-style vote, as astrometry.net-free matchers do).
 2. Pairs within ``match_radius_px`` of that transform are matched one-to-one (nearest neighbour, mutual).
-3. A TAN WCS is fitted (``astropy.wcs.utils.fit_wcs_from_points``), then TAN-SIP of ``sip_degree`` when there are
-   enough matches; each iteration re-matches within ``fit_match_radius_arcsec`` and rejects pairs more than
+3. A TAN WCS is fitted (weighted least squares, :func:`fit_tan_sip`), then TAN-SIP of ``sip_degree`` when there
+   are enough matches; each iteration re-matches within ``fit_match_radius_arcsec`` and rejects pairs more than
    ``clip_nsigma`` robust sigmas from the fit.
 The result carries the fitted WCS, the matched pairs and the RMS of the residuals (mas).
 """
@@ -19,12 +19,10 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS, FITSFixedWarning
-from astropy.wcs.utils import fit_wcs_from_points
 from scipy.spatial import cKDTree
 
-__all__ = ["AstrometryError", "AstrometryResult", "initial_match", "fit_astrometry", "mutual_nearest"]
+__all__ = ["AstrometryError", "AstrometryResult", "initial_match", "fit_astrometry", "fit_tan_sip", "mutual_nearest"]
 
 
 class AstrometryError(RuntimeError):
@@ -103,12 +101,13 @@ def _sky_offsets_mas(wcs: WCS, x, y, ra, dec):
 def fit_astrometry(x, y, det_order, ref_ra, ref_dec, ref_order, header_wcs: WCS, shape,
                    max_offset_arcsec: float = 10.0, max_rotation_deg: float = 0.3, match_radius_px: float = 3.0,
                    fit_match_radius_arcsec: float = 0.5, sip_degree: int = 2, min_matches: int = 10,
-                   min_matches_per_sip_term: float = 5.0, n_iter: int = 4, clip_nsigma: float = 3.0
-                   ) -> AstrometryResult:
+                   min_matches_per_sip_term: float = 10.0, n_iter: int = 4, clip_nsigma: float = 3.0,
+                   x_err=None, y_err=None, ref_ra_err=None, ref_dec_err=None) -> AstrometryResult:
     """Fit the WCS of an image from detections (x, y; 0-based) and reference stars (ra, dec; deg).
 
     ``det_order``/``ref_order``: index arrays listing detections/references brightest first (the vote uses the
-    brightest ``n_bright``). Raises :class:`AstrometryError` with the reason when too few pairs match.
+    brightest ``n_bright``). ``x_err, y_err`` (pixels) and ``ref_ra_err, ref_dec_err`` (deg) weight the fit.
+    Raises :class:`AstrometryError` with the reason when too few pairs match.
     """
     x = np.asarray(x, float)
     y = np.asarray(y, float)
@@ -152,11 +151,10 @@ def fit_astrometry(x, y, det_order, ref_ra, ref_dec, ref_order, header_wcs: WCS,
         while want > 0 and n < min_matches_per_sip_term * _n_sip_terms(want):
             want -= 1
         degree = want
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            world = SkyCoord(ref_ra[ri], ref_dec[ri], unit="deg")
-            wcs = fit_wcs_from_points((x[di], y[di]), world, proj_point="center", projection="TAN",
-                                      sip_degree=degree if degree >= 2 else None)
+        var_mas2 = (_err2(x_err, di, 0.02) + _err2(y_err, di, 0.02)) / 2 * scale_arcsec ** 2 * 1e6 + \
+            (_err2(ref_ra_err, ri, 0.0) + _err2(ref_dec_err, ri, 0.0)) / 2 * 3.6e6 ** 2 + 1.0
+        wcs = fit_tan_sip(x[di], y[di], ref_ra[ri], ref_dec[ri], 1.0 / var_mas2, sip_degree=degree,
+                          crpix=((nx - 1) / 2.0, (ny - 1) / 2.0))
         dra, ddec = _sky_offsets_mas(wcs, x[di], y[di], ref_ra[ri], ref_dec[ri])
         r = np.hypot(dra, ddec)
         rms = float(np.sqrt(np.mean(r ** 2)))
@@ -172,13 +170,118 @@ def fit_astrometry(x, y, det_order, ref_ra, ref_dec, ref_order, header_wcs: WCS,
         di, ri = det_order[ia], ref_order[ib]
         dra, ddec = _sky_offsets_mas(wcs, x[di], y[di], ref_ra[ri], ref_dec[ri])
         r = np.hypot(dra, ddec)
-        sig = 1.4826 * np.median(r) / 1.1774  # the median of a 2-d Gaussian radius is 1.1774 sigma
-        keep = r < max(clip_nsigma * sig, 1e-6) * 1.0 + 0.0
-        keep |= r < 1.0  # never clip below 1 mas
+        var_mas2 = (_err2(x_err, di, 0.02) + _err2(y_err, di, 0.02)) / 2 * scale_arcsec ** 2 * 1e6 + \
+            (_err2(ref_ra_err, ri, 0.0) + _err2(ref_dec_err, ri, 0.0)) / 2 * 3.6e6 ** 2 + 1.0
+        chi = r / np.sqrt(2.0 * var_mas2)  # 2-d radius in units of the per-axis sigma, /sqrt(2)
+        scale = max(1.0, float(np.median(chi)) / 0.8326)  # median of a unit 2-d radius / sqrt(2)
+        keep = chi < clip_nsigma * scale
         di, ri = di[keep], ri[keep]
         if len(di) < min_matches:
             raise AstrometryError(f"{len(di)} reference matches after clipping (need >= {min_matches})")
     return AstrometryResult(wcs, di, ri, rms, med, len(di), (dx, dy), rot, degree)
+
+
+def fit_tan_sip(x, y, ra, dec, weights=None, sip_degree: int = 2, crpix=None, tangent_point=None,
+                n_iter: int = 3) -> WCS:
+    """Weighted least-squares TAN-SIP WCS from pixel positions (0-based) and sky positions (deg).
+
+    The sky positions are projected gnomonically about a tangent point (standard coordinates xi, eta); with
+    pixel offsets (u, v) from ``crpix`` the model is ``(xi, eta) = CD (u + f(u, v), v + g(u, v))`` with f, g the
+    SIP polynomials of orders 2..``sip_degree`` (Shupe et al. 2005). Both xi and eta are polynomials of (u, v)
+    linear in their coefficients, fitted with weights (1 / sigma^2); the constant terms move the tangent point,
+    which is iterated until it sits at ``crpix`` (exact TAN at the reference pixel). The inverse SIP (AP, BP)
+    is fitted on a grid so that world -> pixel is fast and exact to << 1 mas.
+    """
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    ra = np.asarray(ra, float)
+    dec = np.asarray(dec, float)
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, float)
+    if crpix is None:
+        crpix = (float(np.mean(x)), float(np.mean(y)))
+    ra0, dec0 = tangent_point if tangent_point is not None else (float(np.median(ra)), float(np.median(dec)))
+    u, v = x - crpix[0], y - crpix[1]
+    norm = max(float(np.max(np.abs(np.r_[u, v]))), 1.0)
+    terms = [(p, q) for p in range(sip_degree + 1) for q in range(sip_degree + 1 - p)] if sip_degree >= 2 else \
+        [(0, 0), (1, 0), (0, 1)]
+    design = np.stack([(u / norm) ** p * (v / norm) ** q for p, q in terms], axis=1)
+    sw = np.sqrt(w)
+    for _ in range(n_iter):
+        xi, eta = _tan_project(ra, dec, ra0, dec0)
+        cx = np.linalg.lstsq(design * sw[:, None], xi * sw, rcond=None)[0]
+        ce = np.linalg.lstsq(design * sw[:, None], eta * sw, rcond=None)[0]
+        i0 = terms.index((0, 0))
+        ra0, dec0 = _tan_deproject(cx[i0], ce[i0], ra0, dec0)
+    xi, eta = _tan_project(ra, dec, ra0, dec0)
+    cx = np.linalg.lstsq(design * sw[:, None], xi * sw, rcond=None)[0]
+    ce = np.linalg.lstsq(design * sw[:, None], eta * sw, rcond=None)[0]
+    i10, i01 = terms.index((1, 0)), terms.index((0, 1))
+    cd = np.array([[cx[i10], cx[i01]], [ce[i10], ce[i01]]]) / norm
+    wcs = WCS(naxis=2)
+    wcs.wcs.crpix = [crpix[0] + 1.0, crpix[1] + 1.0]
+    wcs.wcs.crval = [ra0 % 360.0, dec0]
+    wcs.wcs.cd = cd
+    wcs.wcs.radesys = "ICRS"
+    high = [(k, pq) for k, pq in enumerate(terms) if sum(pq) >= 2]
+    if not high:
+        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        wcs.wcs.set()
+        return wcs
+    from astropy.wcs import Sip
+    cdinv = np.linalg.inv(cd)
+    a = np.zeros((sip_degree + 1, sip_degree + 1))
+    b = np.zeros((sip_degree + 1, sip_degree + 1))
+    for k, (p, q) in high:
+        scale = norm ** (p + q)
+        f, g = cdinv @ np.array([cx[k], ce[k]])
+        a[p, q], b[p, q] = f / scale, g / scale
+    # inverse SIP on a grid covering the fitted region
+    gu, gv = np.meshgrid(np.linspace(u.min(), u.max(), 30), np.linspace(v.min(), v.max(), 30))
+    gu, gv = gu.ravel(), gv.ravel()
+    fu = gu + sum(a[p, q] * gu ** p * gv ** q for _, (p, q) in high)
+    fv = gv + sum(b[p, q] * gu ** p * gv ** q for _, (p, q) in high)
+    inv_deg = sip_degree + 1
+    inv_terms = [(p, q) for p in range(inv_deg + 1) for q in range(inv_deg + 1 - p) if p + q >= 1]
+    dm = np.stack([(fu / norm) ** p * (fv / norm) ** q for p, q in inv_terms], axis=1)
+    cu = np.linalg.lstsq(dm, gu - fu, rcond=None)[0]
+    cv = np.linalg.lstsq(dm, gv - fv, rcond=None)[0]
+    ap = np.zeros((inv_deg + 1, inv_deg + 1))
+    bp = np.zeros((inv_deg + 1, inv_deg + 1))
+    for k, (p, q) in enumerate(inv_terms):
+        ap[p, q], bp[p, q] = cu[k] / norm ** (p + q), cv[k] / norm ** (p + q)
+    wcs.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    wcs.sip = Sip(a, b, ap, bp, wcs.wcs.crpix)
+    wcs.wcs.set()
+    return wcs
+
+
+def _tan_project(ra, dec, ra0, dec0):
+    """Gnomonic projection (xi, eta in degrees) about (ra0, dec0)."""
+    r, d = np.radians(ra), np.radians(dec)
+    r0, d0 = math.radians(ra0), math.radians(dec0)
+    cosc = math.sin(d0) * np.sin(d) + math.cos(d0) * np.cos(d) * np.cos(r - r0)
+    xi = np.cos(d) * np.sin(r - r0) / cosc
+    eta = (math.cos(d0) * np.sin(d) - math.sin(d0) * np.cos(d) * np.cos(r - r0)) / cosc
+    return np.degrees(xi), np.degrees(eta)
+
+
+def _tan_deproject(xi, eta, ra0, dec0):
+    xi, eta = math.radians(float(xi)), math.radians(float(eta))
+    r0, d0 = math.radians(ra0), math.radians(dec0)
+    rho = math.hypot(xi, eta)
+    c = math.atan(rho)
+    if rho == 0:
+        return ra0, dec0
+    dec = math.asin(math.cos(c) * math.sin(d0) + eta * math.sin(c) * math.cos(d0) / rho)
+    ra = r0 + math.atan2(xi * math.sin(c), rho * math.cos(d0) * math.cos(c) - eta * math.sin(d0) * math.sin(c))
+    return math.degrees(ra) % 360.0, math.degrees(dec)
+
+
+def _err2(err, idx, default):
+    if err is None:
+        return np.full(len(idx), default ** 2)
+    e = np.asarray(err, float)[idx]
+    return np.where(np.isfinite(e), e, default) ** 2
 
 
 def _n_sip_terms(degree: int) -> int:

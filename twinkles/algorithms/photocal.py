@@ -45,26 +45,42 @@ class ApertureCorrection:
     n_stars: int
 
 
-def aperture_correction(psf_flux, ap_flux_r1, ap_flux_r2, r1: float, r2: float, extrapolate: bool = True,
-                        min_stars: int = 3) -> ApertureCorrection:
-    """Aperture correction from PSF stars' PSF fluxes and aperture fluxes at radii r1 < r2 (pixels)."""
+def aperture_correction(psf_flux, ap_flux_r1, ap_flux_r2, r1: float, r2: float, ap_flux_r2_err=None,
+                        extrapolate: bool = True, min_stars: int = 3, clip_nsigma: float = 3.0
+                        ) -> ApertureCorrection:
+    """Aperture correction from PSF stars' PSF fluxes and aperture fluxes at radii r1 < r2 (pixels).
+
+    The ratios F(R)/psfFlux are averaged with inverse-variance weights from ``ap_flux_r2_err`` (the sky noise in a
+    large aperture dominates; bright stars count most), clipped at ``clip_nsigma``.
+    """
     pf = np.asarray(psf_flux, float)
     f1 = np.asarray(ap_flux_r1, float)
     f2 = np.asarray(ap_flux_r2, float)
-    ok = np.isfinite(pf) & np.isfinite(f1) & np.isfinite(f2) & (pf > 0)
+    e2 = np.ones(len(pf)) if ap_flux_r2_err is None else np.asarray(ap_flux_r2_err, float)
+    ok = np.isfinite(pf) & np.isfinite(f1) & np.isfinite(f2) & (pf > 0) & np.isfinite(e2) & (e2 > 0)
     if ok.sum() < min_stars:
         raise PhotoCalError(f"{int(ok.sum())} stars for the aperture correction (need >= {min_stars})")
     q1 = f1[ok] / pf[ok]
     q2 = f2[ok] / pf[ok]
-    m1, m2 = float(np.median(q1)), float(np.median(q2))
-    err = float(1.2533 * 1.4826 * np.median(np.abs(q2 - m2)) / math.sqrt(ok.sum()))
+    sig = e2[ok] / pf[ok]
+    w = 1.0 / sig ** 2
+    use = np.ones(len(q2), bool)
+    for _ in range(5):
+        m2 = float(np.sum(w[use] * q2[use]) / np.sum(w[use]))
+        new = np.abs(q2 - m2) < clip_nsigma * sig
+        if new.sum() < min_stars or (new == use).all():
+            break
+        use = new
+    m1 = float(np.sum(w[use] * q1[use]) / np.sum(w[use]))
+    m2 = float(np.sum(w[use] * q2[use]) / np.sum(w[use]))
+    err = float(1.0 / math.sqrt(np.sum(w[use])))
     tail = 0.0
     if extrapolate and m2 > m1 > 0:
         p = KOLMOGOROV_EE_SLOPE
         a = (m2 - m1) / (m2 * r1 ** -p - m1 * r2 ** -p)
-        tail = float(np.clip(a * r2 ** -p, 0.0, 0.1))
+        tail = float(np.clip(a * r2 ** -p, 0.0, 0.05))
     factor = m2 / (1.0 - tail)
-    return ApertureCorrection(factor, err, m1, m2, tail, int(ok.sum()))
+    return ApertureCorrection(factor, err, m1, m2, tail, int(use.sum()))
 
 
 @dataclass

@@ -1,0 +1,419 @@
+"""processEimage: turn an e-image into a calibrated exposure (calexp) and a Source catalog (src).
+
+The DM stack's ProcessEimageTask (characterizeImage + calibrate) in one stage:
+
+1. background: a mesh estimate (sep) with saturated and no-data pixels excluded, re-estimated with the detected
+   footprints masked, subtracted and written as ``calexp_background``;
+2. cosmic rays (astroscrappy, L.A.Cosmic) masked CR and interpolated (INTRP); saturated pixels and bleed trails
+   masked SAT; the border where the smoothing kernel runs off the image masked EDGE;
+3. detection: the PSF-smoothed image thresholded at ``detection.threshold`` sigma; footprints, peaks (DETECTED);
+4. PSF: stars from the size-magnitude locus, a pixel-basis PSF varying as a polynomial of position
+   (:class:`~twinkles.psf.ImageGridPSF` stored with the calexp); aperture correction from PSF flux to total flux;
+5. measurement (:mod:`twinkles.measure`): centroid, PSF flux, aperture fluxes, adaptive moments, flags;
+6. astrometry: match to ``ref_cat`` from the perturbed header WCS, fit TAN-SIP with outlier rejection;
+7. photometric calibration: zero point from matched reference stars, fluxes in nJy.
+
+Bad input (no WCS, all-NaN pixels, no usable stars, too few reference matches) raises
+:class:`~twinkles.stages.ProcessingError` naming the visit and the reason; no calexp is written then.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.table import Table
+
+from ..algorithms.astrometry import AstrometryError, fit_astrometry
+from ..algorithms.background import estimate_background, grow_mask
+from ..algorithms.cosmic_rays import find_cosmic_rays
+from ..algorithms.detection import detect_sources, edge_mask, saturation_mask
+from ..algorithms.photocal import (PhotoCalError, aperture_correction, fit_zero_point, reference_magnitudes,
+                                   REFERENCE_BAND)
+from ..algorithms.psf_model import PsfFitError, fit_pixel_psf, select_psf_stars
+from ..image import Exposure, PhotoCalib, mask_bit, wcs_is_celestial
+from ..measure import (MeasurementConfig, PsfStamps, apply_calibration, extendedness, measure_sources,
+                       moments_to_fwhm)
+from ..measure.photometry import deblended_aperture_fluxes
+from ..psf import SIGMA_TO_FWHM, GaussianPSF
+from . import ProcessingError
+
+__all__ = ["Config", "BackgroundConfig", "DetectionConfig", "PsfConfig", "AstrometryConfig", "PhotoCalConfig",
+           "QUANTUM", "INPUTS", "OUTPUTS", "Result", "run", "run_quantum", "source_id"]
+
+log = logging.getLogger(__name__)
+
+QUANTUM = ("visit", "detector")
+INPUTS = ["eimage", "ref_cat"]
+OUTPUTS = ["calexp", "calexp_background", "src", "process_eimage_metadata"]
+
+
+@dataclass
+class BackgroundConfig:
+    mesh_px: int = 128  # mesh (bin) size, pixels (DM binSize 128)
+    filter_size: int = 3  # median filter over meshes
+    mask_grow_px: int = 6  # detected footprints are grown by this many pixels before re-estimating
+
+
+@dataclass
+class DetectionConfig:
+    threshold: float = 5.0  # sigma of the PSF-smoothed image (DM default 5)
+    min_pixels: int = 3  # smallest footprint, pixels
+    min_prominence: float = 2.0  # a secondary peak must rise this many sigma above the dip to its neighbour
+    grow_sigma: float = 2.4  # DETECTED plane = footprints grown by this many PSF sigmas (DM nSigmaToGrow)
+    cosmic_rays: bool = True  # find and interpolate cosmic rays (astroscrappy)
+    cr_sigclip: float = 5.0  # L.A.Cosmic Laplacian threshold, sigma
+    cr_objlim: float = 5.0  # L.A.Cosmic contrast limit protecting star cores
+    cr_niter: int = 2  # L.A.Cosmic iterations
+    saturation_e: float = 0.0  # saturation level, electrons; 0 = from the eimage metadata
+    initial_fwhm_arcsec: float = 0.0  # first-guess seeing; 0 = the visit's reported seeing, else 0.8
+
+
+@dataclass
+class PsfConfig:
+    min_snr: float = 50.0  # PSF star candidates: S/N of the PSF flux
+    max_stars: int = 300  # at most this many PSF stars (brightest, spread over the detector)
+    min_stars: int = 5  # fewer usable stars -> ProcessingError
+    stamp_size: int = 31  # model stamp, pixels (odd); PSF fluxes measure the flux inside it
+    order: int = 2  # polynomial order of the spatial variation (lowered with few stars)
+    n_grid: int = 5  # the model is stored sampled on n_grid x n_grid detector positions
+    outlier_nsigma: float = 5.0  # reject stars whose chi^2 is this many robust sigmas above the median
+    apcorr_r1_px: float = 12.0  # aperture correction: inner radius of the curve of growth (DM calibFlux 12 px)
+    apcorr_r2_px: float = 24.0  # ... outer radius ("large aperture")
+    apcorr_extrapolate: bool = True  # add the Kolmogorov tail beyond apcorr_r2_px (1 - EE ~ R^-5/3)
+
+
+@dataclass
+class AstrometryConfig:
+    max_offset_arcsec: float = 10.0  # header WCS may be off by up to this much
+    max_rotation_deg: float = 0.3  # ... and rotated by up to this much
+    match_radius_px: float = 3.0  # first match after the voted shift/rotation
+    fit_match_radius_arcsec: float = 0.5  # re-match radius in the fit iterations
+    sip_degree: int = 2  # SIP polynomial order (lowered when there are few matches)
+    min_matches: int = 10  # fewer -> ProcessingError
+    min_snr: float = 10.0  # detections used for matching
+    n_iter: int = 4  # fit / re-match / clip iterations
+    clip_nsigma: float = 3.0
+    max_rms_mas: float = 200.0  # a fit worse than this is refused (ProcessingError), never written
+
+
+@dataclass
+class PhotoCalConfig:
+    min_snr: float = 20.0  # stars used for the zero point
+    min_stars: int = 5  # fewer -> ProcessingError
+    fit_colour_term: bool = True  # fit a colour term where the band has no reference magnitude of its own
+    colour_term: float = 0.0  # colour term used when not fitted (mag per mag of reference colour)
+    clip_nsigma: float = 3.0
+    max_rms_mag: float = 0.2  # a zero-point scatter worse than this is refused
+
+
+@dataclass
+class Config:
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    psf: PsfConfig = field(default_factory=PsfConfig)
+    astrometry: AstrometryConfig = field(default_factory=AstrometryConfig)
+    photocal: PhotoCalConfig = field(default_factory=PhotoCalConfig)
+    measurement: MeasurementConfig = field(default_factory=MeasurementConfig)
+
+
+@dataclass
+class Result:
+    calexp: Exposure
+    background: np.ndarray  # the subtracted background, electrons (float32)
+    src: Table
+    metadata: dict
+
+
+def source_id(visit: int, detector: int, index) -> np.ndarray:
+    """Unique source IDs: (visit * 1000 + detector) * 10^6 + index (index < 10^6)."""
+    return (np.int64(visit) * 1000 + np.int64(detector)) * 1_000_000 + np.asarray(index, np.int64)
+
+
+def _meta_value(exposure: Exposure, names, default):
+    for n in names:
+        if n in exposure.metadata:
+            try:
+                v = float(exposure.metadata[n])
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(v) and v > 0:
+                return v
+    return default
+
+
+def _column(table: Table, name: str):
+    return np.asarray(table[name], float) if name in table.colnames else None
+
+
+def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_id: dict | None = None) -> Result:
+    """Process one e-image (electrons, with sky) into a calexp, its background, a Source table and metadata."""
+    config = config or Config()
+    t_start = time.process_time()
+    timings: dict[str, float] = {}
+    info = exposure.visit_info
+    visit = int((data_id or {}).get("visit", info.visit if info else -1))
+    detector = int((data_id or {}).get("detector", info.detector if info else 0))
+    where = f"visit {visit} detector {detector}"
+
+    def fail(reason: str) -> ProcessingError:
+        return ProcessingError(f"{where}: {reason}")
+
+    if info is None:
+        raise fail("the eimage has no visit information (VISIT/BAND/MJD-AVG header keywords); re-ingest it")
+    band = info.band
+    if band not in REFERENCE_BAND:
+        raise fail(f"unknown band {band!r}")
+    if not wcs_is_celestial(exposure.wcs):
+        raise fail("the eimage has no celestial WCS in its header, so it cannot be matched to the reference "
+                   "catalog; ingest it with an approximate WCS (CTYPE/CRVAL/CRPIX/CD)")
+    raw = np.asarray(exposure.image, np.float32)
+    var_in = np.asarray(exposure.variance, np.float32)
+    finite = np.isfinite(raw) & np.isfinite(var_in) & (var_in > 0)
+    if not finite.any():
+        raise fail("every pixel is NaN/infinite or has no positive variance; the eimage is unusable")
+    if finite.mean() < 0.05:
+        raise fail(f"only {finite.mean():.1%} of the pixels are finite; the eimage is unusable")
+    mask = np.array(exposure.mask, np.int32)
+    mask[~finite] |= mask_bit("NO_DATA")
+    no_data = (mask & mask_bit("NO_DATA", "BAD")) != 0
+    median_var = float(np.median(var_in[finite]))
+    image = np.where(finite, raw, 0.0).astype(np.float32)
+    variance = np.where(finite, var_in, median_var).astype(np.float32)
+    pixel_scale = float(np.sqrt(abs(np.linalg.det(exposure.wcs.pixel_scale_matrix))) * 3600.0)
+
+    saturation = config.detection.saturation_e or _meta_value(
+        exposure, ("saturation_e", "saturation", "satlevel", "saturate"), np.inf)
+    read_noise = _meta_value(exposure, ("read_noise_e", "read_noise", "readnoise", "rdnoise"), 5.0)
+    seeing = config.detection.initial_fwhm_arcsec or (info.seeing_arcsec if math.isfinite(info.seeing_arcsec)
+                                                      and info.seeing_arcsec > 0 else 0.8)
+    sigma0 = seeing / pixel_scale / SIGMA_TO_FWHM
+
+    # ------------------------------------------------------------------ masks and first background
+    t0 = time.perf_counter()
+    sat = saturation_mask(raw, saturation) & finite
+    mask[sat] |= mask_bit("SAT")
+    bkg = estimate_background(image, sat | no_data, config.background.mesh_px, config.background.filter_size)
+    timings["background1"] = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ cosmic rays
+    t0 = time.perf_counter()
+    n_cr = 0
+    sub = image - bkg.image
+    if config.detection.cosmic_rays:
+        cr = find_cosmic_rays(sub, bkg.image, variance, bad_mask=sat | no_data, sigclip=config.detection.cr_sigclip,
+                              objlim=config.detection.cr_objlim, niter=config.detection.cr_niter,
+                              saturation=saturation, read_noise=read_noise)
+        mask[cr.mask] |= mask_bit("CR", "INTRP")
+        sub = cr.cleaned
+        image = (sub + bkg.image).astype(np.float32)
+        n_cr = cr.n_pixels
+    timings["cosmic_rays"] = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ detection, background iteration
+    t0 = time.perf_counter()
+    dcfg = config.detection
+    det = detect_sources(sub, variance, sigma0, dcfg.threshold, ignore=no_data, min_pixels=dcfg.min_pixels,
+                         min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma)
+    src_mask = grow_mask(det.footprints > 0, config.background.mask_grow_px)
+    try:
+        bkg = estimate_background(image, src_mask | sat | no_data, config.background.mesh_px,
+                                  config.background.filter_size)
+    except ValueError:
+        pass  # everything is covered by sources: keep the first estimate
+    sub = (image - bkg.image).astype(np.float32)
+    det = detect_sources(sub, variance, sigma0, dcfg.threshold, ignore=no_data, min_pixels=dcfg.min_pixels,
+                         min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma)
+    mask[det.detected] |= mask_bit("DETECTED")
+    edge_width = int(math.ceil(3.0 * sigma0))
+    mask[edge_mask(sub.shape, edge_width)] |= mask_bit("EDGE")
+    timings["detection"] = time.perf_counter() - t0
+    sources = det.sources
+    if len(sources) == 0:
+        raise fail(f"no sources detected above {dcfg.threshold} sigma; the image may be empty or the variance "
+                   "plane wrong")
+
+    # ------------------------------------------------------------------ PSF
+    t0 = time.perf_counter()
+    mcfg = config.measurement
+    gauss = GaussianPSF(sigma0 * SIGMA_TO_FWHM)
+    first = measure_sources(sub, variance, mask, gauss, sources["x"], sources["y"], config=mcfg,
+                            psf_stamps=PsfStamps(gauss, sub.shape, n_grid=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr1 = np.asarray(first["psfFlux"]) / np.asarray(first["psfFluxErr"])
+    usable = (~np.asarray(first["pixelFlags_saturated"]) & ~np.asarray(first["pixelFlags_cr"])
+              & ~np.asarray(first["pixelFlags_edge"]) & ~np.asarray(first["pixelFlags_interpolated"])
+              & ~np.asarray(first["centroid_flag"]) & ~np.asarray(first["shape_flag"])
+              & (sources["n_child"] == 0) & ~np.asarray(first["psfFlux_flag"]))
+    pcfg = config.psf
+    selection = select_psf_stars(snr1, first["ixx"], first["iyy"], first["ixy"], usable, min_snr=pcfg.min_snr,
+                                 max_stars=pcfg.max_stars, x=np.asarray(first["x"]), y=np.asarray(first["y"]))
+    n_sel = int(selection.selected.sum())
+    if n_sel < pcfg.min_stars:
+        raise fail(f"{n_sel} usable PSF stars (S/N >= {pcfg.min_snr}, unsaturated, isolated; need >= "
+                   f"{pcfg.min_stars}); the image has no usable stars -- check the exposure, or lower "
+                   "--config process_eimage.psf.min_snr")
+    psel = np.nonzero(selection.selected)[0]
+    good_pix = (mask & mask_bit("NO_DATA", "BAD", "SAT", "CR")) == 0
+    try:
+        psf, used_sel, psf_info = fit_pixel_psf(
+            sub, variance, good_pix, np.asarray(first["x"])[psel], np.asarray(first["y"])[psel],
+            stamp_size=pcfg.stamp_size, order=pcfg.order, min_stars=pcfg.min_stars,
+            outlier_nsigma=pcfg.outlier_nsigma, n_grid=pcfg.n_grid, footprints=det.footprints,
+            own_labels=sources["parent_id"][psel])
+    except PsfFitError as exc:
+        raise fail(f"PSF model: {exc}; the image has no usable stars") from None
+    psf_star = np.zeros(len(sources), bool)
+    psf_star[psel[used_sel]] = True
+    timings["psf"] = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ measurement with the PSF model
+    t0 = time.perf_counter()
+    stamps = PsfStamps(psf, sub.shape, n_grid=mcfg.psf_grid, model_size=pcfg.stamp_size)
+    src = measure_sources(sub, variance, mask, psf, first["x"], first["y"], background=bkg.image, config=mcfg,
+                          psf_stamps=stamps)
+    timings["measurement"] = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ aperture correction
+    ps_idx = np.nonzero(psf_star)[0]
+    big = deblended_aperture_fluxes(sub, variance, det.footprints, sources["parent_id"][ps_idx], stamps,
+                                    np.asarray(src["x"])[ps_idx], np.asarray(src["y"])[ps_idx],
+                                    np.asarray(src["psfFlux"])[ps_idx], (pcfg.apcorr_r1_px, pcfg.apcorr_r2_px))
+    try:
+        apcorr = aperture_correction(np.asarray(src["psfFlux"])[psf_star], big[pcfg.apcorr_r1_px][0],
+                                     big[pcfg.apcorr_r2_px][0], pcfg.apcorr_r1_px, pcfg.apcorr_r2_px,
+                                     ap_flux_r2_err=big[pcfg.apcorr_r2_px][1], extrapolate=pcfg.apcorr_extrapolate)
+    except PhotoCalError as exc:
+        raise fail(f"aperture correction: {exc}") from None
+    src["psfFlux"] = np.asarray(src["psfFlux"]) * apcorr.factor
+    src["psfFluxErr"] = np.asarray(src["psfFluxErr"]) * apcorr.factor
+
+    # ------------------------------------------------------------------ astrometry
+    t0 = time.perf_counter()
+    acfg = config.astrometry
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.asarray(src["psfFlux"]) / np.asarray(src["psfFluxErr"])
+    clean = (~np.asarray(src["centroid_flag"]) & ~np.asarray(src["pixelFlags_saturatedCenter"])
+             & ~np.asarray(src["pixelFlags_edge"]) & np.isfinite(snr))
+    cand = np.nonzero(clean & (snr >= acfg.min_snr))[0]
+    det_order = cand[np.argsort(-snr[cand])]
+    ref_band = REFERENCE_BAND[band]
+    ref_flux = np.asarray(ref_cat[f"{ref_band}_flux"], float) if f"{ref_band}_flux" in ref_cat.colnames else \
+        np.zeros(len(ref_cat))
+    ref_order = np.argsort(-np.nan_to_num(ref_flux, nan=-np.inf))
+    try:
+        astrom = fit_astrometry(np.asarray(src["x"]), np.asarray(src["y"]), det_order,
+                                np.asarray(ref_cat["coord_ra"]), np.asarray(ref_cat["coord_dec"]), ref_order,
+                                exposure.wcs, sub.shape, max_offset_arcsec=acfg.max_offset_arcsec,
+                                max_rotation_deg=acfg.max_rotation_deg, match_radius_px=acfg.match_radius_px,
+                                fit_match_radius_arcsec=acfg.fit_match_radius_arcsec, sip_degree=acfg.sip_degree,
+                                min_matches=acfg.min_matches, n_iter=acfg.n_iter, clip_nsigma=acfg.clip_nsigma,
+                                x_err=np.asarray(src["xErr"]), y_err=np.asarray(src["yErr"]),
+                                ref_ra_err=_column(ref_cat, "coord_raErr"), ref_dec_err=_column(ref_cat, "coord_decErr"))
+    except AstrometryError as exc:
+        raise fail(f"astrometry: {exc}") from None
+    if not astrom.rms_mas <= acfg.max_rms_mas:
+        raise fail(f"astrometry: fit RMS {astrom.rms_mas:.0f} mas over {astrom.n_matches} matches exceeds "
+                   f"astrometry.max_rms_mas={acfg.max_rms_mas}; refusing to write a wrong WCS")
+    ra, dec = astrom.wcs.all_pix2world(np.asarray(src["x"]), np.asarray(src["y"]), 0)
+    timings["astrometry"] = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ photometric calibration
+    t0 = time.perf_counter()
+    ccfg = config.photocal
+    ref_mag, ref_mag_err, colour = reference_magnitudes(ref_cat, band)
+    di, ri = astrom.det_index, astrom.ref_index
+    pc_ok = (~np.asarray(src["pixelFlags_saturated"])[di] & ~np.asarray(src["pixelFlags_cr"])[di]
+             & (sources["n_child"][di] == 0) & ~np.asarray(src["psfFlux_flag"])[di] & (snr[di] >= ccfg.min_snr))
+    di, ri = di[pc_ok], ri[pc_ok]
+    try:
+        pcal = fit_zero_point(np.asarray(src["psfFlux"])[di], np.asarray(src["psfFluxErr"])[di], ref_mag[ri],
+                              ref_mag_err[ri], colour[ri], colour_term=ccfg.colour_term,
+                              fit_colour_term=ccfg.fit_colour_term and REFERENCE_BAND[band] != band,
+                              min_stars=ccfg.min_stars, clip_nsigma=ccfg.clip_nsigma)
+    except PhotoCalError as exc:
+        raise fail(f"photometric calibration: {exc} among {len(astrom.det_index)} astrometric matches") from None
+    if not pcal.rms_mag <= ccfg.max_rms_mag:
+        raise fail(f"photometric calibration: zero-point scatter {pcal.rms_mag:.3f} mag over {pcal.n_stars} stars "
+                   f"exceeds photocal.max_rms_mag={ccfg.max_rms_mag}; refusing to write a wrong zero point")
+    photo_calib = PhotoCalib.from_zero_point(pcal.zero_point, pcal.zero_point_err)
+    timings["photocal"] = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ the Source table
+    n = len(src)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c6 = np.nanmedian(np.asarray(src["psfFlux"])[psf_star] / np.asarray(src["apFlux_6_0"])[psf_star])
+    ext = extendedness(src["psfFlux"], src["psfFluxErr"], np.asarray(src["apFlux_6_0"]) * c6,
+                       np.asarray(src["apFlux_6_0Err"]) * c6, mcfg.extendedness_ratio, mcfg.extendedness_nsigma)
+    out = Table()
+    out["sourceId"] = source_id(visit, detector, np.arange(n))
+    out["visit"] = np.full(n, visit, np.int64)
+    out["detector"] = np.full(n, detector, np.int32)
+    out["band"] = np.full(n, band)
+    out["ra"], out["dec"] = np.asarray(ra, float) % 360.0, np.asarray(dec, float)
+    out["ra"].unit = out["dec"].unit = "deg"
+    for c in src.colnames:
+        out[c] = src[c]
+    out["snr"] = snr
+    out["extendedness"] = ext
+    out["footprintId"] = sources["parent_id"].astype(np.int64)  # detection footprint (shared by blends)
+    out["deblend_nChild"] = sources["n_child"].astype(np.int32)
+    out["blended"] = sources["n_child"] > 0
+    out["detect_significance"] = sources["significance"]
+    out["calib_psf_candidate"] = selection.selected
+    out["calib_psf_used"] = psf_star
+    astrom_used = np.zeros(n, bool)
+    astrom_used[astrom.det_index] = True
+    out["calib_astrometry_used"] = astrom_used
+    photo_used = np.zeros(n, bool)
+    photo_used[di[pcal.used]] = True
+    out["calib_photometry_used"] = photo_used
+    apply_calibration(out, photo_calib.njy_per_electron)
+    out.meta.update({"visit": visit, "detector": detector, "band": band, "zero_point": pcal.zero_point,
+                     "njy_per_electron": photo_calib.njy_per_electron, "aperture_correction": apcorr.factor})
+
+    # ------------------------------------------------------------------ calexp and metadata
+    fwhm_px = float(psf.fwhm())
+    cx, cy = (sub.shape[1] - 1) / 2.0, (sub.shape[0] - 1) / 2.0
+    kc = psf.kernel_image(cx, cy)
+    from ..measure.moments import moments_from_stamps
+    m = moments_from_stamps(kc[None], None, fwhm_px / SIGMA_TO_FWHM)
+    fwhm_mom = float(moments_to_fwhm(m["ixx"], m["iyy"], m["ixy"])[0])
+    meta = {
+        "visit": visit, "detector": detector, "band": band,
+        "seeing_arcsec": fwhm_px * pixel_scale,  # PSF model FWHM at the detector centre (half-maximum area)
+        "psf_fwhm_px": fwhm_px,
+        "psf_fwhm_moments_arcsec": fwhm_mom * pixel_scale,
+        "zero_point": pcal.zero_point, "zero_point_err": pcal.zero_point_err,
+        "njy_per_electron": photo_calib.njy_per_electron, "colour_term": pcal.colour_term,
+        "photocal_n_stars": pcal.n_stars, "photocal_rms_mag": pcal.rms_mag,
+        "sky_level_e": bkg.level, "sky_rms_e": bkg.global_rms,
+        "n_psf_stars": int(psf_star.sum()), "n_psf_candidates": int(n_sel),
+        "psf_order": int(psf_info["order"]), "psf_median_chi2": psf_info["median_chi2"],
+        "aperture_correction": apcorr.factor, "aperture_correction_tail": apcorr.tail_fraction,
+        "astrom_rms_mas": astrom.rms_mas, "astrom_median_offset_mas": astrom.median_offset_mas,
+        "astrom_n_matches": astrom.n_matches, "astrom_sip_degree": astrom.sip_degree,
+        "astrom_initial_shift_px": list(astrom.initial_shift_px),
+        "astrom_initial_rotation_deg": astrom.initial_rotation_deg,
+        "n_sources": int(n), "n_cr_pixels": int(n_cr), "n_saturated_pixels": int(sat.sum()),
+        "timings_s": timings, "cpu_s": time.process_time() - t_start,
+    }
+    calexp_meta = {k: v for k, v in meta.items() if isinstance(v, (int, float, str)) and k != "cpu_s"}
+    calexp = Exposure(sub, mask, variance, astrom.wcs, psf, photo_calib, info, calexp_meta)
+    return Result(calexp, bkg.image.astype(np.float32), out, meta)
+
+
+def run_quantum(butler, data_id: dict, config: Config) -> dict:
+    """Read the eimage and the reference catalog, run, write calexp, calexp_background, src and metadata."""
+    exposure = butler.get("eimage", data_id)
+    ref_cat = butler.get("ref_cat", {})
+    result = run(exposure, ref_cat, config, data_id)
+    did = {"visit": data_id["visit"], "detector": data_id.get("detector", 0)}
+    butler.put(result.calexp, "calexp", did)
+    butler.put(result.background, "calexp_background", did)
+    butler.put(result.src, "src", did)
+    butler.put(result.metadata, "process_eimage_metadata", did)
+    return result.metadata
