@@ -46,6 +46,7 @@ _COMMON = dict(
     psf_stamp_px=61,              # native size of the true-PSF stamps (odd)
     psf_oversample=4,             # oversampling of the PSF images used to place point sources
     psf_variation_scale_px=2048,  # PSF spatial terms are functions of (x - cx)/this (physical, not per-image)
+    galaxy_core_sigma_px=0.6,     # Gaussian core moved from the PSF into galaxy stamps (band-limits the scene)
     psf_astig=0.03,               # optics shear amplitude at the scale radius
     psf_size_r2=0.06,             # fractional growth of the optics FWHM at the scale radius
     psf_atm_g_rms=0.02,           # rms of the per-visit atmospheric reduced shear components

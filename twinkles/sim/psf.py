@@ -50,8 +50,14 @@ def draw_psf_params(rng: np.random.Generator, cfg: dict, band: str, airmass: flo
                 psfLambdaNm=LAMBDA_EFF_NM[band])
 
 
-def psf_profile(visit_row: dict, u: float, v: float):
-    """The GalSim PSF profile (arcsec units, no pixel) at normalised detector position (u, v)."""
+def psf_profile(visit_row: dict, u: float, v: float, core_sigma_arcsec: float = 0.0):
+    """The GalSim PSF profile (arcsec units, no pixel) at normalised detector position (u, v).
+
+    With ``core_sigma_arcsec`` > 0, a circular Gaussian core of that sigma is taken *out* of the optics Gaussian
+    (covariance C_sys - sigma_c^2 I): the result convolved with that core is the full PSF. The renderer applies
+    the core to galaxy stamps before sampling them, which band-limits them and removes the aliasing of
+    convolving sampled images (see :mod:`twinkles.sim.render`).
+    """
     import galsim
     r = visit_row
     g1 = r["psfAtmG1"] + r["psfAtmDG1DU"] * u + r["psfAtmDG1DV"] * v
@@ -59,7 +65,18 @@ def psf_profile(visit_row: dict, u: float, v: float):
     atm = galsim.Kolmogorov(fwhm=float(r["psfAtmFwhm"])).shear(g1=float(g1), g2=float(g2))
     sys_fwhm = float(r["psfSysFwhm"]) * (1.0 + float(r["psfSizeR2"]) * (u * u + v * v))
     a = float(r["psfAstig"])
-    optics = galsim.Gaussian(fwhm=sys_fwhm).shear(g1=a * (u * u - v * v), g2=2 * a * u * v)
+    shear = galsim.Shear(g1=a * (u * u - v * v), g2=2 * a * u * v)
+    if core_sigma_arcsec > 0:
+        sig = sys_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+        m = shear.getMatrix()
+        cov = sig * sig * (m @ m.T) - core_sigma_arcsec ** 2 * np.eye(2)
+        evals, evecs = np.linalg.eigh(cov)
+        if evals.min() <= 0:
+            raise ValueError(f"galaxy core sigma {core_sigma_arcsec}\" exceeds the optics PSF (sigma {sig:.3f}\")")
+        root = evecs @ np.diag(np.sqrt(evals)) @ evecs.T
+        optics = galsim.Gaussian(sigma=1.0).transform(root[0, 0], root[0, 1], root[1, 0], root[1, 1])
+    else:
+        optics = galsim.Gaussian(fwhm=sys_fwhm).shear(shear)
     airy = galsim.Airy(lam=float(r["psfLambdaNm"]), diam=TELESCOPE_DIAMETER_M, obscuration=OBSCURATION)
     return galsim.Convolve(atm, optics, airy)
 
@@ -78,6 +95,8 @@ class PsfGrid:
     fine: np.ndarray
     oversample: int
     stamp: int
+    galaxy_kernels: np.ndarray | None = None  # (ky, kx, stamp, stamp): PSF without pixel and galaxy core
+    core_sigma_px: float = 0.0
 
     @property
     def native(self) -> np.ndarray:
@@ -93,8 +112,11 @@ def _node_positions(n_px: int, k: int) -> np.ndarray:
     return (np.arange(k) + 0.5) * n_px / k - 0.5
 
 
-def psf_grid(visit_row: dict, repo_config: dict) -> PsfGrid:
-    """Draw the visit's PSF at the zone centres (GalSim; deterministic given the visit row)."""
+def psf_grid(visit_row: dict, repo_config: dict, galaxy_core_sigma_px: float = 0.0) -> PsfGrid:
+    """Draw the visit's PSF at the zone centres (GalSim; deterministic given the visit row).
+
+    Also draws ``galaxy_kernels``: what pixel-integrated galaxy stamps pre-convolved with a Gaussian core of
+    ``galaxy_core_sigma_px`` are convolved with (the PSF without the pixel and without that core)."""
     import galsim
     width = int(repo_config.get("width", repo_config.get("size")))
     height = int(repo_config.get("height", repo_config.get("size")))
@@ -114,7 +136,15 @@ def psf_grid(visit_row: dict, repo_config: dict) -> PsfGrid:
             prof = galsim.Convolve(psf_profile(visit_row, (x - cx) / length, (y - cy) / length), pixel)
             img = prof.drawImage(nx=nfine, ny=nfine, scale=scale / n, method="no_pixel")
             fine[j, i] = img.array
-    return PsfGrid(xs, ys, fine, n, stamp)
+    # kernels for pixel-integrated galaxy scenes: the PSF *without* the pixel (the scene already integrates over
+    # pixels) and without the galaxy core, sampled at pixel centres
+    gk = np.empty((k, k, stamp, stamp))
+    for j, y in enumerate(ys):
+        for i, x in enumerate(xs):
+            prof = psf_profile(visit_row, (x - cx) / length, (y - cy) / length, galaxy_core_sigma_px * scale)
+            arr = prof.drawImage(nx=stamp, ny=stamp, scale=scale, method="no_pixel").array
+            gk[j, i] = arr / arr.sum()
+    return PsfGrid(xs, ys, fine, n, stamp, gk, float(galaxy_core_sigma_px))
 
 
 def true_psf(visit_row: dict, repo_config: dict) -> ImageGridPSF:

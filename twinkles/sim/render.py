@@ -68,19 +68,25 @@ def _stamp_size(row, pixel_scale: float) -> int:
 
 
 def _oversampling(row, pixel_scale: float) -> int:
-    hlr_px = min(float(row["bulgeHlr"]), float(row["diskHlr"])) / pixel_scale
-    return 5 if hlr_px < 3 else 3
+    """Sub-sampling of the pixel integration (odd). 5 keeps the integrated cusp of de Vaucouleurs bulges, after
+    the galaxy core, within 0.3% of GalSim's exact pixel convolution even for hlr ~ 4 px (3 gives ~1%)."""
+    return 5
 
 
-def draw_unit_stamp(profile, jac: np.ndarray, n: int, oversample: int, dx: float, dy: float) -> np.ndarray:
+def draw_unit_stamp(profile, jac: np.ndarray, n: int, oversample: int, dx: float, dy: float,
+                    core_sigma_px: float = 0.0) -> np.ndarray:
     """A native n x n stamp (n odd) of ``profile`` centred at (dx, dy) from the central pixel, integrated over
-    pixels by evaluating on an ``oversample`` (odd) finer grid and binning; normalised to sum 1."""
+    pixels by evaluating on an ``oversample`` (odd) finer grid and binning; convolved first with a circular
+    Gaussian core of ``core_sigma_px`` (on the fine grid); normalised to sum 1."""
     import galsim
     m = oversample
     wcs = galsim.JacobianWCS(jac[0, 0] / m, jac[0, 1] / m, jac[1, 0] / m, jac[1, 1] / m)
     img = galsim.ImageD(n * m, n * m, wcs=wcs)
     profile.drawImage(image=img, method="no_pixel", offset=(dx * m, dy * m))
-    arr = img.array.reshape(n, m, n, m).sum(axis=(1, 3))
+    fine = img.array
+    if core_sigma_px > 0:
+        fine = ndimage.gaussian_filter(fine, core_sigma_px * m, mode="constant", truncate=5.0)
+    arr = fine.reshape(n, m, n, m).sum(axis=(1, 3))
     s = arr.sum()
     return arr / s if s > 0 else arr
 
@@ -88,8 +94,11 @@ def draw_unit_stamp(profile, jac: np.ndarray, n: int, oversample: int, dx: float
 class GalaxyStamps:
     """Unit-flux bulge and disk stamps (no PSF) of every galaxy that touches the padded canvas of one true WCS."""
 
-    def __init__(self, truth, wcs, width: int, height: int, pad: int, pixel_scale: float):
+    def __init__(self, truth, wcs, width: int, height: int, pad: int, pixel_scale: float,
+                 core_sigma_px: float = 0.0):
         self.width, self.height, self.pad = width, height, pad
+        self.core_sigma_px = float(core_sigma_px)
+        core_margin = int(math.ceil(4.0 * self.core_sigma_px))
         types = np.asarray(truth["type"])
         rows = np.flatnonzero((types == "galaxy") | (types == "lens_galaxy"))
         x, y = wcs.all_world2pix(np.asarray(truth["ra"])[rows], np.asarray(truth["dec"])[rows], 0)
@@ -99,7 +108,7 @@ class GalaxyStamps:
         cols = {name: np.asarray(truth[name]) for name in _GALAXY_COLUMNS}
         for k, r in enumerate(rows):
             row = {name: cols[name][r] for name in _GALAXY_COLUMNS}
-            n = _stamp_size(row, pixel_scale)
+            n = _stamp_size(row, pixel_scale) + 2 * core_margin
             h = n // 2
             ix, iy = int(np.round(x[k])), int(np.round(y[k]))
             cx0, cy0 = ix + pad - h, iy + pad - h  # stamp corner on the canvas
@@ -112,9 +121,10 @@ class GalaxyStamps:
             self.rows.append(r)
             self.x0.append(cx0)
             self.y0.append(cy0)
-            self.bulge.append(draw_unit_stamp(bulge, jac, n, m, dx, dy).astype(np.float32)
+            c = self.core_sigma_px
+            self.bulge.append(draw_unit_stamp(bulge, jac, n, m, dx, dy, c).astype(np.float32)
                               if bfrac.max() > 0 else None)
-            self.disk.append(draw_unit_stamp(disk, jac, n, m, dx, dy).astype(np.float32)
+            self.disk.append(draw_unit_stamp(disk, jac, n, m, dx, dy, c).astype(np.float32)
                              if bfrac.min() < 1 else None)
         self.rows = np.asarray(self.rows, dtype=np.int64)
 
@@ -166,8 +176,11 @@ def grid_weights_1d(nodes: np.ndarray, n_px: int) -> np.ndarray:
 
 
 def convolve_with_psf_grid(canvas: np.ndarray, grid: PsfGrid, width: int, height: int, pad: int) -> np.ndarray:
-    """Convolve a padded scene with the spatially varying PSF: sum over zones of w_k * (scene * psf_k)."""
-    kernels = grid.native.astype(np.float32)
+    """Convolve a padded scene with the spatially varying PSF: sum over zones of w_k * (scene * psf_k).
+
+    Uses ``grid.galaxy_kernels`` (the PSF without the pixel and without the galaxy core): the scene's stamps are
+    pixel-integrated and drawn with the same core (:class:`GalaxyStamps` ``core_sigma_px``)."""
+    kernels = grid.galaxy_kernels.astype(np.float32)
     h = grid.stamp // 2
     if pad < h:
         raise ValueError(f"canvas padding {pad} < PSF half-size {h}")

@@ -141,7 +141,8 @@ class VisitRenderer:
         wcs = true_wcs(row, self.cfg)
         if key != self._key or self._stamps is None:
             self._scenes = {}
-            self._stamps = GalaxyStamps(self.sky.truth, wcs, self.width, self.height, self.pad, self.scale)
+            self._stamps = GalaxyStamps(self.sky.truth, wcs, self.width, self.height, self.pad, self.scale,
+                                        float(self.cfg["galaxy_core_sigma_px"]))
             t = self.sky.truth
             self._positions = wcs.all_world2pix(np.asarray(t["ra"]), np.asarray(t["dec"]), 0)
             self._key = key
@@ -164,7 +165,7 @@ class VisitRenderer:
         band = row["band"]
         self.prepare_pointing(row, band)
         t0 = time.perf_counter()
-        grid = psf_grid(row, cfg)
+        grid = psf_grid(row, cfg, float(cfg["galaxy_core_sigma_px"]))
         cx, cy = (self.width - 1) / 2.0, (self.height - 1) / 2.0
         kernel = grid.to_psf().kernel_image(cx, cy)
         seeing = measure_fwhm(kernel) * self.scale
