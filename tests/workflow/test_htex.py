@@ -10,7 +10,6 @@ import sys
 import time
 
 import psutil
-import pytest
 from conftest import job_rows
 from wf_common import make_repo
 

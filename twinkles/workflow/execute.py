@@ -31,7 +31,7 @@ from pathlib import Path
 from ..repo import Repository, RepositoryError
 from ..stages import StageError
 from ..stages.runner import default_output_run, find_quanta
-from .graph import TERMINAL, JobGraph
+from .graph import JobGraph
 from .job import execute_batch, log_relpath
 from .pipeline import resolve_pipeline
 from .records import JobStore

@@ -8,7 +8,8 @@ Tables:
   skipped-upstream), attempt, start, end, wall, CPU time, peak RSS, host, error summary, log path, outputs;
 * ``job_attempts`` -- one row per finished attempt (failed attempts included), for the report.
 
-Times are Unix seconds (UTC); ``wall_s``/``cpu_s`` in seconds; ``peak_rss_mb`` in MiB.
+Times are Unix seconds (UTC); ``wall_s``/``cpu_s`` in seconds; ``cpu_wait_s``: seconds the job was ready to run
+but other processes had the CPU; ``peak_rss_mb`` in MiB.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     tract INTEGER, patch INTEGER, visit INTEGER, detector INTEGER, band TEXT,
     status TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0,
-    start REAL, end REAL, wall_s REAL, cpu_s REAL, peak_rss_mb REAL,
+    start REAL, end REAL, wall_s REAL, cpu_s REAL, cpu_wait_s REAL, peak_rss_mb REAL,
     host TEXT, pid INTEGER,
     error TEXT, log_path TEXT,
     outputs TEXT, metadata TEXT,
@@ -64,7 +65,7 @@ CREATE TABLE IF NOT EXISTS job_attempts (
     visit INTEGER,
     attempt INTEGER NOT NULL,
     status TEXT NOT NULL,
-    start REAL, end REAL, wall_s REAL, cpu_s REAL, peak_rss_mb REAL,
+    start REAL, end REAL, wall_s REAL, cpu_s REAL, cpu_wait_s REAL, peak_rss_mb REAL,
     host TEXT, pid INTEGER, error TEXT, log_path TEXT,
     invocation INTEGER
 );
@@ -74,11 +75,20 @@ CREATE INDEX IF NOT EXISTS job_attempts_run ON job_attempts (run, stage);
 _DIMS = ("tract", "patch", "visit", "detector", "band")
 
 
+#: columns added after the first version of the tables: added to older registries on the next run
+_ADDED_COLUMNS = {"jobs": [("cpu_wait_s", "REAL")], "job_attempts": [("cpu_wait_s", "REAL")]}
+
+
 def ensure_tables(repo: Repository) -> None:
     with repo.connect() as conn:
         for stmt in SCHEMA.split(";"):
             if stmt.strip():
                 conn.execute(stmt)
+        for table, cols in _ADDED_COLUMNS.items():
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in cols:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def _tables_exist(conn) -> bool:
@@ -180,8 +190,9 @@ class JobStore:
         now = time.time()
         job_rows, attempt_rows = [], []
         for job, res, status in items:
-            common = (res.get("start"), res.get("end"), res.get("wall_s"), res.get("cpu_s"), res.get("peak_rss_mb"),
-                      res.get("host"), res.get("pid"), res.get("error") or None, res.get("log_path"))
+            common = (res.get("start"), res.get("end"), res.get("wall_s"), res.get("cpu_s"), res.get("cpu_wait_s"),
+                      res.get("peak_rss_mb"), res.get("host"), res.get("pid"), res.get("error") or None,
+                      res.get("log_path"))
             job_rows.append((status, job.attempt, *common, json.dumps(res.get("outputs", [])),
                              json.dumps(res.get("metadata", {}), default=str), self.invocation, now,
                              self.run, job.stage, job.key))
@@ -189,13 +200,13 @@ class JobStore:
                                  "done" if res.get("status") == "done" else "failed", *common, self.invocation))
         with self.repo.connect() as conn:
             conn.executemany(
-                "UPDATE jobs SET status=?, attempt=?, start=?, end=?, wall_s=?, cpu_s=?, peak_rss_mb=?, host=?, "
+                "UPDATE jobs SET status=?, attempt=?, start=?, end=?, wall_s=?, cpu_s=?, cpu_wait_s=?, peak_rss_mb=?, host=?, "
                 "pid=?, error=?, log_path=?, outputs=?, metadata=?, invocation=?, updated=? "
                 "WHERE run=? AND stage=? AND data_id=?", job_rows)
             conn.executemany(
                 "INSERT INTO job_attempts(run, stage, data_id, visit, attempt, status, start, end, wall_s, cpu_s, "
-                "peak_rss_mb, host, pid, error, log_path, invocation) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", attempt_rows)
+                "cpu_wait_s, peak_rss_mb, host, pid, error, log_path, invocation) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", attempt_rows)
 
     @staticmethod
     def refs_of(result: dict) -> list[DatasetRef]:

@@ -9,6 +9,8 @@ What it shows (DESIGN.md section 5 and 6):
   the run (so engine start-up, scheduling, idle workers and I/O waits all count against it); beside it the worker
   occupancy = sum of job wall time / (wall x workers);
 * wall time, CPU time and peak memory per stage; a timeline of jobs per worker;
+* CPU contention: the time jobs were ready to run but other processes held the CPU (Linux schedstat), and the
+  efficiency without it -- on a shared machine this, not the engine, is what lowers the efficiency;
 * the science validation sections of ``twinkles.validate.report.validation_sections(repo, run, outdir)`` when that
   module exists (its errors are shown in the report, not raised).
 """
@@ -69,8 +71,13 @@ def compute_summary(repo: Repository, run: str) -> dict:
     wall_total = sum(_invocation_wall(inv, attempts) for inv in invs)
     cpu_total = sum(a["cpu_s"] or 0.0 for a in attempts)
     job_wall_total = sum(a["wall_s"] or 0.0 for a in attempts)
+    wait_total = sum(a["cpu_wait_s"] or 0.0 for a in attempts)
     efficiency = cpu_total / slot_seconds if slot_seconds > 0 else float("nan")
     occupancy = job_wall_total / slot_seconds if slot_seconds > 0 else float("nan")
+    # time the jobs were ready but other processes had the CPU (a shared machine), and the efficiency without it
+    contention = wait_total / slot_seconds if slot_seconds > 0 else float("nan")
+    own = slot_seconds - wait_total
+    efficiency_own = cpu_total / own if own > 0 else float("nan")
     hours = wall_total / 3600.0
     n_done = sum(1 for j in jobs if j["status"] == "done")
 
@@ -99,7 +106,8 @@ def compute_summary(repo: Repository, run: str) -> dict:
         "cpu_hours": cpu_total / 3600.0, "cpu_seconds": cpu_total, "job_wall_seconds": job_wall_total,
         "wall_seconds": wall_total, "worker_seconds": slot_seconds,
         "workers": [inv["workers"] for inv in invs], "invocations": len(invs),
-        "cpu_efficiency": efficiency, "occupancy": occupancy,
+        "cpu_efficiency": efficiency, "occupancy": occupancy, "cpu_wait_seconds": wait_total,
+        "contention": contention, "cpu_efficiency_without_contention": efficiency_own,
         "jobs_done": n_done, "jobs_total": len(jobs), "attempts": len(attempts),
         "jobs_per_hour": n_done / hours if hours > 0 else float("nan"),
         "visits_per_hour": len(visits_done) / hours if hours > 0 else float("nan"),
@@ -324,7 +332,9 @@ padding: 3px 8px; text-align: left; }} img {{ max-width: 100%; }} pre.err {{ bac
 {summary['wall_seconds'] / 3600:.3g} h of wall time over {summary['invocations']} invocation(s) with
 {', '.join(str(w) for w in summary['workers'])} worker(s); {summary['jobs_per_hour']:.4g} jobs and
 {summary['visits_per_hour']:.4g} visits per hour; CPU efficiency (sum CPU / (wall x workers))
-{100 * eff:.1f}%, worker occupancy {100 * summary['occupancy']:.1f}%.</p>
+{100 * eff:.1f}%, worker occupancy {100 * summary['occupancy']:.1f}%. Jobs waited
+{summary['cpu_wait_seconds']:.4g} s for a CPU held by other processes ({100 * summary['contention']:.1f}% of the
+worker time; CPU efficiency without that time {100 * summary['cpu_efficiency_without_contention']:.1f}%).</p>
 <h1>twinkles run report: {e(run)}</h1>
 <p>{e(summary['repo'])}; generated {generated}. Numbers in <a href="summary.json">summary.json</a>.</p>
 <h2>Stages</h2>
