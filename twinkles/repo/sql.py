@@ -64,7 +64,8 @@ def _registry_tables(repo: Repository) -> dict[str, pa.Table]:
 def run_sql(repo: Repository | str, query: str, runs: list[str] | None = None) -> pa.Table:
     con, tables = connect_catalogs(repo, runs)
     try:
-        return con.execute(query).to_arrow_table()
+        relation = con.sql(query)
+        return relation.to_arrow_table() if relation is not None else pa.table({})
     except duckdb.Error as exc:
         raise SqlError(f"{exc}\nTables in this repository: {', '.join(tables) or '(none yet)'}") from None
     finally:
