@@ -46,16 +46,35 @@ class ApertureCorrection:
 
 
 def aperture_correction(psf_flux, ap_flux_r1, ap_flux_r2, r1: float, r2: float, ap_flux_r2_err=None,
-                        extrapolate: bool = True, min_stars: int = 3, clip_nsigma: float = 3.0
-                        ) -> ApertureCorrection:
+                        extrapolate: bool = True, min_stars: int = 3, clip_nsigma: float = 3.0,
+                        local_background=None, annulus=None) -> ApertureCorrection:
     """Aperture correction from PSF stars' PSF fluxes and aperture fluxes at radii r1 < r2 (pixels).
 
     The ratios F(R)/psfFlux are averaged with inverse-variance weights from ``ap_flux_r2_err`` (the sky noise in a
-    large aperture dominates; bright stars count most), clipped at ``clip_nsigma``.
+    large aperture dominates; bright stars count most), clipped at ``clip_nsigma``. With ``local_background``
+    (per star, per pixel, e.g. the median of an ``annulus=(r_in, r_out)``), the residual local background is
+    removed from both apertures after subtracting the star's own Kolmogorov wing light in the annulus
+    (``F_tot A (r_in^-p - r_out^-p) / (pi (r_out^2 - r_in^2))``), iterated with the tail amplitude A.
     """
     pf = np.asarray(psf_flux, float)
-    f1 = np.asarray(ap_flux_r1, float)
-    f2 = np.asarray(ap_flux_r2, float)
+    f1_raw = np.asarray(ap_flux_r1, float)
+    f2_raw = np.asarray(ap_flux_r2, float)
+    if local_background is not None:
+        lb = np.nan_to_num(np.asarray(local_background, float))
+        p = KOLMOGOROV_EE_SLOPE
+        a_in, a_out = annulus
+        amp = 0.0
+        for _ in range(4):
+            tot = f2_raw / max(1e-6, 1.0 - amp * r2 ** -p)
+            own = tot * amp * (a_in ** -p - a_out ** -p) / (math.pi * (a_out ** 2 - a_in ** 2))
+            b = lb - own
+            f1 = f1_raw - math.pi * r1 ** 2 * b
+            f2 = f2_raw - math.pi * r2 ** 2 * b
+            res = aperture_correction(pf, f1, f2, r1, r2, ap_flux_r2_err, extrapolate, min_stars, clip_nsigma)
+            m1, m2 = res.ratio_r1, res.ratio_r2
+            amp = (m2 - m1) / (m2 * r1 ** -p - m1 * r2 ** -p) if m2 > m1 > 0 else 0.0
+        return res
+    f1, f2 = f1_raw, f2_raw
     e2 = np.ones(len(pf)) if ap_flux_r2_err is None else np.asarray(ap_flux_r2_err, float)
     ok = np.isfinite(pf) & np.isfinite(f1) & np.isfinite(f2) & (pf > 0) & np.isfinite(e2) & (e2 > 0)
     if ok.sum() < min_stars:

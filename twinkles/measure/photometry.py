@@ -101,17 +101,19 @@ def aperture_fluxes(image: np.ndarray, variance: np.ndarray, x, y, radii=APERTUR
 
 
 def deblended_aperture_fluxes(image: np.ndarray, variance: np.ndarray, footprints: np.ndarray, own_labels,
-                              psf_stamps: PsfStamps, x, y, psf_flux_values, radii, grow_px: int = 2):
+                              psf_stamps: PsfStamps, x, y, psf_flux_values, radii, grow_px: int = 2,
+                              annulus=None):
     """Aperture fluxes of (bright, isolated) stars with the pixels of *other* footprints replaced by the star's
     own PSF model scaled to its PSF flux -- the curve of growth of the star alone (for aperture corrections).
 
     ``footprints``: the detection footprint label map; ``own_labels``: each star's footprint label. Returns a
-    dict ``{radius: (flux, flux_err)}``.
+    dict ``{radius: (flux, flux_err)}``; with ``annulus=(r_in, r_out)`` (pixels) also ``{"annulus": median}``,
+    the median of the unpatched pixels of other footprints' free annulus (a local background level per pixel).
     """
     from scipy import ndimage
     x = np.atleast_1d(np.asarray(x, float))
     y = np.atleast_1d(np.asarray(y, float))
-    rmax = max(radii)
+    rmax = max(list(radii) + ([annulus[1]] if annulus else []))
     size = 2 * int(np.ceil(rmax)) + 5
     im, inside = extract_stamps(np.asarray(image, np.float64), x, y, size)
     fp, _ = extract_stamps(np.asarray(footprints), x, y, size, fill=-1)
@@ -133,4 +135,15 @@ def deblended_aperture_fluxes(image: np.ndarray, variance: np.ndarray, footprint
         for r in radii:
             f, e, _ = sep.sum_circle(data, [xc], [yc], float(r), var=vi, subpix=0)
             out[r][0][i], out[r][1][i] = f[0], e[0]
+    if annulus:
+        off = np.arange(size) - c
+        dx = off[None, None, :] - (x - np.rint(x))[:, None, None]
+        dy = off[None, :, None] - (y - np.rint(y))[:, None, None]
+        rr = np.hypot(dx, dy)
+        ring = (rr >= annulus[0]) & (rr < annulus[1]) & ~other
+        med = np.full(len(x), np.nan)
+        for i in range(len(x)):
+            if ring[i].sum() > 20:
+                med[i] = float(np.median(im[i][ring[i]]))
+        out["annulus"] = med
     return out

@@ -84,6 +84,8 @@ class PsfConfig:
     apcorr_r1_px: float = 12.0  # aperture correction: inner radius of the curve of growth (DM calibFlux 12 px)
     apcorr_r2_px: float = 24.0  # ... outer radius ("large aperture")
     apcorr_extrapolate: bool = True  # add the Kolmogorov tail beyond apcorr_r2_px (1 - EE ~ R^-5/3)
+    apcorr_local_background: bool = True  # remove the local background (annulus median) around PSF stars
+    apcorr_mask_grow_px: int = 2  # other footprints are grown by this much and replaced by the star's model
 
 
 @dataclass
@@ -279,13 +281,16 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
 
     # ------------------------------------------------------------------ aperture correction
     ps_idx = np.nonzero(psf_star)[0]
+    annulus = (pcfg.apcorr_r2_px + 2.0, pcfg.apcorr_r2_px + 12.0) if pcfg.apcorr_local_background else None
     big = deblended_aperture_fluxes(sub, variance, det.footprints, sources["parent_id"][ps_idx], stamps,
                                     np.asarray(src["x"])[ps_idx], np.asarray(src["y"])[ps_idx],
-                                    np.asarray(src["psfFlux"])[ps_idx], (pcfg.apcorr_r1_px, pcfg.apcorr_r2_px))
+                                    np.asarray(src["psfFlux"])[ps_idx], (pcfg.apcorr_r1_px, pcfg.apcorr_r2_px),
+                                    grow_px=pcfg.apcorr_mask_grow_px, annulus=annulus)
     try:
         apcorr = aperture_correction(np.asarray(src["psfFlux"])[psf_star], big[pcfg.apcorr_r1_px][0],
                                      big[pcfg.apcorr_r2_px][0], pcfg.apcorr_r1_px, pcfg.apcorr_r2_px,
-                                     ap_flux_r2_err=big[pcfg.apcorr_r2_px][1], extrapolate=pcfg.apcorr_extrapolate)
+                                     ap_flux_r2_err=big[pcfg.apcorr_r2_px][1], extrapolate=pcfg.apcorr_extrapolate,
+                                     local_background=big.get("annulus"), annulus=annulus)
     except PhotoCalError as exc:
         raise fail(f"aperture correction: {exc}") from None
     src["psfFlux"] = np.asarray(src["psfFlux"]) * apcorr.factor
@@ -339,7 +344,9 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     if not pcal.rms_mag <= ccfg.max_rms_mag:
         raise fail(f"photometric calibration: zero-point scatter {pcal.rms_mag:.3f} mag over {pcal.n_stars} stars "
                    f"exceeds photocal.max_rms_mag={ccfg.max_rms_mag}; refusing to write a wrong zero point")
-    photo_calib = PhotoCalib.from_zero_point(pcal.zero_point, pcal.zero_point_err)
+    # the zero point's error includes the aperture correction's (it scales every calibrated flux)
+    zp_err = math.hypot(pcal.zero_point_err, 2.5 / math.log(10) * apcorr.factor_err / apcorr.factor)
+    photo_calib = PhotoCalib.from_zero_point(pcal.zero_point, zp_err)
     timings["photocal"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ the Source table
@@ -387,7 +394,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
         "seeing_arcsec": fwhm_px * pixel_scale,  # PSF model FWHM at the detector centre (half-maximum area)
         "psf_fwhm_px": fwhm_px,
         "psf_fwhm_moments_arcsec": fwhm_mom * pixel_scale,
-        "zero_point": pcal.zero_point, "zero_point_err": pcal.zero_point_err,
+        "zero_point": pcal.zero_point, "zero_point_err": zp_err,
         "njy_per_electron": photo_calib.njy_per_electron, "colour_term": pcal.colour_term,
         "photocal_n_stars": pcal.n_stars, "photocal_rms_mag": pcal.rms_mag,
         "sky_level_e": bkg.level, "sky_rms_e": bkg.global_rms,

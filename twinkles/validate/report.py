@@ -1,0 +1,130 @@
+"""Validation sections of the run report: one per stage whose outputs exist in the run.
+
+``validation_sections(repo, run, outdir)`` returns a list of ``{"title", "metrics", "figures"}`` dicts (figures
+are PNG paths relative to ``outdir``); the workflow's report shows them. Each stage's section comes from a builder
+in :data:`SECTION_BUILDERS` that returns ``None`` when the stage has no outputs in the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..repo import TRUTH_RUN, Repository
+from . import plots
+from .single_frame import repeatability, validate_visit
+
+__all__ = ["validation_sections", "process_eimage_section", "SECTION_BUILDERS"]
+
+log = logging.getLogger(__name__)
+
+
+def _finite_median(values):
+    v = np.asarray([x for x in values if x is not None], float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if len(v) else float("nan")
+
+
+def process_eimage_section(repo: Repository, run: str, outdir: Path, max_visits: int = 200) -> dict | None:
+    """Single-frame processing (process_eimage) against the truth: astrometry, photometry, PSF, detection."""
+    refs = repo.query("src", runs=[run])
+    if not refs:
+        return None
+    try:
+        truth = repo.get("truth_catalog", runs=[TRUTH_RUN])
+        visits = repo.get("visit_table", runs=[TRUTH_RUN])
+    except LookupError:
+        return {"title": "process_eimage (single-frame processing)",
+                "metrics": {"n_visits": len(refs), "note": "no truth in this repository"}, "figures": []}
+    vrow = {int(r["visit"]): r for r in visits}
+    per_visit = []
+    by_band = defaultdict(list)
+    offsets = ([], [])
+    pulls = []
+    comp_snr, comp_det = [], []
+    for ref in refs[:max_visits]:
+        v = int(ref.data_id["visit"])
+        if v not in vrow:
+            continue
+        src = repo.read(ref)
+        meta = None
+        try:
+            meta = repo.get("process_eimage_metadata", ref.data_id, runs=[run])
+        except LookupError:
+            pass
+        res = validate_visit(src, truth, vrow[v], meta)
+        per_visit.append(res)
+        by_band[res["band"]].append(src)
+        offsets[0].append(res["astrometry_offsets_mas"][0])
+        offsets[1].append(res["astrometry_offsets_mas"][1])
+        pulls.append(res["photometry"]["pull"])
+        comp_snr.append(res["completeness_arrays"]["pred_snr"])
+        comp_det.append(res["completeness_arrays"]["detected"])
+    if not per_visit:
+        return None
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    dra, ddec = np.concatenate(offsets[0]), np.concatenate(offsets[1])
+    allpull = np.concatenate(pulls)
+    figs = [plots.plot_astrometric_offsets(dra, ddec, outdir / "process_eimage_astrometry.png"),
+            plots.plot_pulls(allpull, outdir / "process_eimage_pulls.png"),
+            plots.plot_completeness(np.concatenate(comp_snr), np.concatenate(comp_det),
+                                    outdir / "process_eimage_completeness.png")]
+    metrics = {"n_visits": len(per_visit)}
+    r = np.hypot(dra, ddec)
+    metrics["astrometry_median_offset_mas"] = float(np.median(r)) if len(r) else float("nan")
+    metrics["astrometry_rms_offset_mas"] = float(np.sqrt(np.mean(r ** 2))) if len(r) else float("nan")
+    ok = np.isfinite(allpull)
+    metrics["psf_flux_pull_sd"] = float(np.std(allpull[ok])) if ok.any() else float("nan")
+    metrics["psf_flux_pull_median"] = float(np.median(allpull[ok])) if ok.any() else float("nan")
+    if all("zero_point_offset_mmag" in p for p in per_visit):
+        zp = [p["zero_point_offset_mmag"] for p in per_visit]
+        fr = [p["psf_fwhm_ratio"] for p in per_visit]
+        metrics["zero_point_offset_median_mmag"] = _finite_median(zp)
+        metrics["zero_point_offset_max_abs_mmag"] = float(np.nanmax(np.abs(zp)))
+        metrics["psf_fwhm_ratio_median"] = _finite_median(fr)
+        metrics["psf_fwhm_ratio_max_dev_pct"] = float(np.nanmax(np.abs(np.asarray(fr) - 1)) * 100)
+        figs.append(plots.plot_visit_truth([p["visit"] for p in per_visit], zp, fr,
+                                           outdir / "process_eimage_visit_truth.png"))
+    metrics["completeness_snr10_median"] = _finite_median(p["completeness_snr10"] for p in per_visit)
+    metrics["spurious_fraction_median"] = _finite_median(p["spurious_fraction"] for p in per_visit)
+    resid = {}
+    for band, srcs in by_band.items():
+        if len(srcs) >= 2:
+            rep = repeatability(srcs, truth, band)
+            metrics[f"pa1_{band}_mmag"] = rep["pa1_mmag"]
+            if "pa1_excess_mmag" in rep:
+                metrics[f"pa1_{band}_excess_mmag"] = rep["pa1_excess_mmag"]
+            if "residuals_mmag" in rep:
+                resid[band] = rep["residuals_mmag"]
+    if resid:
+        figs.append(plots.plot_pa1(resid, outdir / "process_eimage_pa1.png"))
+    metrics = {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+    return {"title": "process_eimage (single-frame processing) vs truth", "metrics": metrics,
+            "figures": [str(Path(f).relative_to(outdir)) for f in figs]}
+
+
+#: builders of the validation sections, in pipeline order; each (repo, run, outdir) -> dict | None
+SECTION_BUILDERS: list[Callable] = [process_eimage_section]
+
+
+def validation_sections(repo, run: str, outdir) -> list[dict]:
+    """Science validation of every stage with outputs in ``run``; a builder that fails gives a section saying
+    why instead of breaking the report."""
+    repo = repo if isinstance(repo, Repository) else Repository(repo)
+    out = []
+    for builder in SECTION_BUILDERS:
+        try:
+            sec = builder(repo, run, Path(outdir))
+        except Exception as exc:  # noqa: BLE001 - the report must still be written
+            log.exception("validation section %s failed", builder.__name__)
+            sec = {"title": builder.__doc__.splitlines()[0] if builder.__doc__ else builder.__name__,
+                   "metrics": {"error": f"{type(exc).__name__}: {exc}"}, "figures": []}
+        if sec is not None:
+            out.append(sec)
+    return out
