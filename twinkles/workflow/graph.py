@@ -68,11 +68,11 @@ class _StageState:
         self.planned = False
         self.linked = False
         self.jobs: dict[str, Job] = {}
-        self.note = ""  # why it has no jobs, etc.
+        self.open = 0  # jobs not yet finished
 
     @property
     def settled(self) -> bool:
-        return self.planned and all(j.status in TERMINAL for j in self.jobs.values())
+        return self.planned and self.open == 0
 
 
 def _project(data_id: dict, dims) -> dict:
@@ -185,6 +185,7 @@ class JobGraph:
                     job.resumed = True
                     self.n_settled += 1
             st.jobs[job.key] = job
+            st.open += job.status not in TERMINAL
             self.n_total += 1
             self.new_jobs.append(job)
 
@@ -219,6 +220,7 @@ class JobGraph:
         job.status = "pending"
         job.resumed = False
         self.n_settled -= 1
+        self.stages[job.stage].open += 1
         self.new_jobs.append(job)  # recorded as pending again
 
     def _release(self, job: Job) -> None:
@@ -241,6 +243,7 @@ class JobGraph:
         assert status in TERMINAL, status
         if job.status not in TERMINAL:
             self.n_settled += 1
+            self.stages[job.stage].open -= 1
         self.n_failed += status == "failed"
         job.status = status
         job.error = error
