@@ -43,7 +43,7 @@ _COMMON = dict(
     wcs_offset_arcsec=3.0,
     wcs_rotation_deg=0.02,
     # PSF
-    psf_stamp_px=61,              # native size of the true-PSF stamps (odd)
+    psf_stamp_px=61,              # native size of the true-PSF and point-source stamps (odd), 12.2"
     psf_oversample=4,             # oversampling of the PSF images used to place point sources
     psf_variation_scale_px=2048,  # PSF spatial terms are functions of (x - cx)/this (physical, not per-image)
     galaxy_core_sigma_px=0.6,     # Gaussian core moved from the PSF into galaxy stamps (band-limits the scene)

@@ -232,30 +232,26 @@ def convolve_with_psf_grid(canvas: np.ndarray, grid: PsfGrid, width: int, height
 BRIGHT_STAR_E = 2.0e6
 
 
-def _stamp_tier(flux_e: np.ndarray, full: int) -> np.ndarray:
-    """Stamp size for each point source: larger for brighter sources (wings matter), at most the PSF stamp."""
-    size = np.where(flux_e < 2e4, 25, np.where(flux_e < 3e5, 41, full))
-    return np.minimum(size, full)
-
-
 def add_point_sources(image: np.ndarray, grid: PsfGrid, x: np.ndarray, y: np.ndarray, flux_e: np.ndarray,
-                      chunk: int = 4000) -> None:
+                      chunk: int = 2000) -> None:
     """Add point sources of ``flux_e`` electrons at 0-based (x, y) to ``image`` in place.
 
-    Each source's stamp is sum_k w_k PSF_k sampled at its sub-pixel offset (cubic spline of the oversampled
-    pixel-convolved PSF images), normalised to sum 1 over the stamp, times the flux.
+    Each source's stamp (``grid.stamp`` pixels wide, as the true PSF) is sum_k w_k PSF_k sampled at its sub-pixel
+    offset (cubic spline of the oversampled pixel-convolved PSF images, bilinear weights w_k of the four
+    surrounding zones), normalised to sum 1, times the flux: the image holds exactly the source's flux (less what
+    falls off the detector edge).
     """
     x, y, flux_e = (np.asarray(v, dtype=float) for v in (x, y, flux_e))
     height, width = image.shape
-    keep = (flux_e > 0) & (x > -grid.stamp) & (x < width + grid.stamp) & (y > -grid.stamp) & (
-        y < height + grid.stamp)
+    s = grid.stamp
+    hs = s // 2
+    keep = (flux_e > 0) & (x > -hs - 1) & (x < width + hs) & (y > -hs - 1) & (y < height + hs)
     x, y, flux_e = x[keep], y[keep], flux_e[keep]
     if len(x) == 0:
         return
     n = grid.oversample
     cf = grid.fine.shape[-1] // 2
     coefs = {}
-    kx, ky = len(grid.xs), len(grid.ys)
 
     def node_w(nodes, v):
         if len(nodes) == 1:
@@ -268,39 +264,34 @@ def add_point_sources(image: np.ndarray, grid: PsfGrid, x: np.ndarray, y: np.nda
     j0, j1, ty = node_w(grid.ys, y)
     ix, iy = np.round(x).astype(int), np.round(y).astype(int)
     dx, dy = x - ix, y - iy
-    tiers = _stamp_tier(flux_e, grid.stamp)
     flat = image.reshape(-1)
-    for s in np.unique(tiers):
-        hs = s // 2
-        a = np.arange(-hs, hs + 1, dtype=float)
-        for start in range(0, int(np.sum(tiers == s)), chunk):
-            sel = np.flatnonzero(tiers == s)[start:start + chunk]
-            stamps = np.zeros((len(sel), s, s))
-            fy = cf + n * (a[None, :] - dy[sel, None])  # (m, s)
-            fx = cf + n * (a[None, :] - dx[sel, None])
-            for jj, ii, w in ((j0, i0, (1 - tx) * (1 - ty)), (j0, i1, tx * (1 - ty)),
-                              (j1, i0, (1 - tx) * ty), (j1, i1, tx * ty)):
-                ws = w[sel]
-                for node in set(zip(jj[sel].tolist(), ii[sel].tolist())):
-                    m = (jj[sel] == node[0]) & (ii[sel] == node[1]) & (ws > 0)
-                    if not m.any():
-                        continue
-                    if node not in coefs:
-                        coefs[node] = ndimage.spline_filter(grid.fine[node[0], node[1]], order=3)
-                    yy = np.broadcast_to(fy[m][:, :, None], (m.sum(), s, s))
-                    xx = np.broadcast_to(fx[m][:, None, :], (m.sum(), s, s))
-                    vals = ndimage.map_coordinates(coefs[node], [yy.ravel(), xx.ravel()], order=3,
-                                                   prefilter=False, mode="constant", cval=0.0)
-                    stamps[m] += ws[m][:, None, None] * vals.reshape(-1, s, s)
-            norm = stamps.sum(axis=(1, 2))
-            stamps *= (flux_e[sel] / np.where(norm > 0, norm, 1.0))[:, None, None]
-            py = iy[sel, None, None] + np.arange(-hs, hs + 1)[None, :, None]
-            px = ix[sel, None, None] + np.arange(-hs, hs + 1)[None, None, :]
-            py, px = np.broadcast_to(py, stamps.shape), np.broadcast_to(px, stamps.shape)
-            ok = (py >= 0) & (py < height) & (px >= 0) & (px < width)
-            idx = (py[ok] * width + px[ok])
-            flat += np.bincount(idx, weights=stamps[ok], minlength=flat.size).astype(flat.dtype)
-    _ = (kx, ky)
+    a = np.arange(-hs, hs + 1, dtype=float)
+    for start in range(0, len(x), chunk):
+        sel = np.arange(start, min(start + chunk, len(x)))
+        stamps = np.zeros((len(sel), s, s))
+        fy = cf + n * (a[None, :] - dy[sel, None])  # fine-grid coordinates, (m, s)
+        fx = cf + n * (a[None, :] - dx[sel, None])
+        for jj, ii, w in ((j0, i0, (1 - tx) * (1 - ty)), (j0, i1, tx * (1 - ty)),
+                          (j1, i0, (1 - tx) * ty), (j1, i1, tx * ty)):
+            ws = w[sel]
+            for node in set(zip(jj[sel].tolist(), ii[sel].tolist())):
+                m = (jj[sel] == node[0]) & (ii[sel] == node[1]) & (ws > 0)
+                if not m.any():
+                    continue
+                if node not in coefs:
+                    coefs[node] = ndimage.spline_filter(grid.fine[node[0], node[1]], order=3)
+                cnt = int(m.sum())
+                yy = np.broadcast_to(fy[m][:, :, None], (cnt, s, s))
+                xx = np.broadcast_to(fx[m][:, None, :], (cnt, s, s))
+                vals = ndimage.map_coordinates(coefs[node], [yy.ravel(), xx.ravel()], order=3,
+                                               prefilter=False, mode="constant", cval=0.0)
+                stamps[m] += ws[m][:, None, None] * vals.reshape(cnt, s, s)
+        norm = stamps.sum(axis=(1, 2))
+        stamps *= (flux_e[sel] / np.where(norm > 0, norm, 1.0))[:, None, None]
+        py = np.broadcast_to(iy[sel, None, None] + np.arange(-hs, hs + 1)[None, :, None], stamps.shape)
+        px = np.broadcast_to(ix[sel, None, None] + np.arange(-hs, hs + 1)[None, None, :], stamps.shape)
+        ok = (py >= 0) & (py < height) & (px >= 0) & (px < width)
+        flat += np.bincount(py[ok] * width + px[ok], weights=stamps[ok], minlength=flat.size).astype(flat.dtype)
 
 
 def add_bright_stars(image: np.ndarray, visit_row: dict, repo_config: dict, x, y, flux_e,

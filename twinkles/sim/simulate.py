@@ -32,7 +32,8 @@ from .render import (BRIGHT_STAR_E, GalaxyStamps, add_bright_stars, add_cosmic_r
 from .skymodel import POINT_TYPES, SkyModel, make_sky_model
 from .wcs import header_wcs, tan_deproject, true_wcs
 
-__all__ = ["simulate_field", "plan_visits", "VisitRenderer", "make_ref_cat", "repo_config_for"]
+__all__ = ["simulate_field", "load_simulation", "plan_visits", "VisitRenderer", "make_ref_cat",
+           "repo_config_for"]
 
 REF_DEPTH_MAG = 24.0  # 5-sigma depth of the (deeper, earlier) survey the reference catalog comes from
 REF_MAG_LIMIT = 23.0  # r-band limit of the reference catalog
@@ -49,9 +50,12 @@ def _plain(value):
     return value
 
 
-def repo_config_for(cfg: dict, seed: int) -> dict:
+def repo_config_for(cfg: dict, seed: int, opsim=None, n_visits=None, overrides=None) -> dict:
     """The repository configuration the simulator records (twinkles.yaml)."""
     return {
+        "simulation_call": _plain({"preset": cfg["preset"], "seed": int(seed),
+                                   "opsim": str(Path(opsim).resolve()) if opsim is not None else None,
+                                   "n_visits": n_visits, "overrides": dict(overrides or {}, bands=cfg["bands"])}),
         "instrument": "LSST-like single sensor (simulated)",
         "field_ra_deg": float(cfg["field_ra_deg"]),
         "field_dec_deg": float(cfg["field_dec_deg"]),
@@ -159,6 +163,39 @@ class VisitRenderer:
     def positions(self) -> tuple[np.ndarray, np.ndarray]:
         return self._positions
 
+    def model_image(self, row: dict, visit_index: int, grid=None, zero_rows=None) -> np.ndarray:
+        """The noiseless image of the objects (electrons, float64, no sky): galaxies convolved with the PSF plus
+        point sources at their fluxes of this visit. ``zero_rows``: truth rows to leave out (e.g. the
+        variables, for tests that measure them)."""
+        cfg = self.cfg
+        band = row["band"]
+        self.prepare_pointing(row, band)
+        if grid is None:
+            grid = psf_grid(row, cfg, float(cfg["galaxy_core_sigma_px"]))
+        t0 = time.perf_counter()
+        njy_per_e = electrons_to_njy_factor(row["zeroPoint"])
+        expected = convolve_with_psf_grid(self._scenes[band], grid, self.width, self.height, self.pad)
+        expected = expected.astype(np.float64) * (1.0 / njy_per_e)
+        t0 = self._tick("galaxy_convolution", t0)
+        x, y = self._positions
+        flux = self.sky.fluxes_at_visit(visit_index, band)
+        if zero_rows is not None:
+            flux[np.asarray(zero_rows, dtype=np.int64)] = 0.0
+        pr = self.point_rows
+        fe = flux[pr] / njy_per_e
+        bright = fe > BRIGHT_STAR_E
+        add_point_sources(expected, grid, x[pr][~bright], y[pr][~bright], fe[~bright])
+        add_bright_stars(expected, row, cfg, x[pr][bright], y[pr][bright], fe[bright])
+        self._tick("point_sources", t0)
+        return expected
+
+    def sky_image(self, row: dict) -> np.ndarray:
+        """The sky background (electrons/pixel): level skyBg with a linear gradient (skyGradX, skyGradY)."""
+        cx, cy = (self.width - 1) / 2.0, (self.height - 1) / 2.0
+        u = (np.arange(self.width) - cx) / (self.width / 2.0)
+        v = (np.arange(self.height) - cy) / (self.height / 2.0)
+        return row["skyBg"] * (1.0 + row["skyGradX"] * u[None, :] + row["skyGradY"] * v[:, None])
+
     def render(self, row: dict, visit_index: int) -> tuple[Exposure, dict]:
         """Render one visit; returns the eimage and the measured truth columns (seeing, m5, counts)."""
         cfg = self.cfg
@@ -171,23 +208,10 @@ class VisitRenderer:
         seeing = measure_fwhm(kernel) * self.scale
         rn = float(cfg["read_noise_e"])
         m5 = m5_from_noise(row["zeroPoint"], row["skyBg"], rn, n_eff_pixels(kernel))
-        t0 = self._tick("psf", t0)
-        njy_per_e = electrons_to_njy_factor(row["zeroPoint"])
-        expected = convolve_with_psf_grid(self._scenes[band], grid, self.width, self.height, self.pad)
-        expected *= np.float32(1.0 / njy_per_e)
-        t0 = self._tick("galaxy_convolution", t0)
-        x, y = self._positions
-        flux = self.sky.fluxes_at_visit(visit_index, band)
-        pr = self.point_rows
-        expected = expected.astype(np.float64)
-        fe = flux[pr] / njy_per_e
-        bright = fe > BRIGHT_STAR_E
-        add_point_sources(expected, grid, x[pr][~bright], y[pr][~bright], fe[~bright])
-        add_bright_stars(expected, row, cfg, x[pr][bright], y[pr][bright], fe[bright])
-        t0 = self._tick("point_sources", t0)
-        u = (np.arange(self.width) - cx) / (self.width / 2.0)
-        v = (np.arange(self.height) - cy) / (self.height / 2.0)
-        expected += row["skyBg"] * (1.0 + row["skyGradX"] * u[None, :] + row["skyGradY"] * v[:, None])
+        self._tick("psf", t0)
+        expected = self.model_image(row, visit_index, grid)
+        t0 = time.perf_counter()
+        expected += self.sky_image(row)
         rng = np.random.default_rng([self.seed, int(row["visit"]), 11])
         charge = rng.poisson(expected).astype(np.float64)
         del expected
@@ -201,7 +225,7 @@ class VisitRenderer:
         del charge
         image[saturated] = full
         variance = np.maximum(image, 0) + np.float32(rn * rn)
-        t0 = self._tick("noise_and_defects", t0)
+        self._tick("noise_and_defects", t0)
         info = VisitInfo(visit=int(row["visit"]), band=band, mjd_tai=row["midpointMjdTai"], exp_time_s=row["expTime"],
                          airmass=row["airmass"], seeing_arcsec=row["seeingReported"], sky_level_e=row["skyBg"],
                          detector=0, pixel_scale_arcsec=self.scale, boresight_ra_deg=row["boresightRa"],
@@ -241,14 +265,8 @@ def make_ref_cat(truth: Table, rng: np.random.Generator) -> Table:
     return out
 
 
-def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, opsim: str | Path | None = None,
-                   n_visits: int | None = None, bands: str | None = None,
-                   progress: Callable[[int, int, dict], None] | None = None, **overrides) -> Repository:
-    """Simulate a field into the repository at ``repo_path`` (created if needed) and return it.
-
-    ``overrides``: any preset key (see :mod:`twinkles.sim.presets`), e.g. ``size=256, cosmic_rays=False``.
-    ``progress(i, n, info)`` is called after each visit with info = {visit, band, seconds, seeing}.
-    """
+def _setup(preset, seed, opsim, n_visits, bands, overrides):
+    overrides = dict(overrides)
     if bands is not None:
         overrides["bands"] = bands
     if n_visits is not None:
@@ -258,28 +276,57 @@ def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, o
     cfg = get_preset(preset, **overrides)
     cfg["width"] = cfg["height"] = int(cfg["size"])
     seed = int(seed)
-    rng_cad, rng_sky, rng_ref = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    rng_cad, rng_sky = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)[:2])
     if opsim is not None:
         cadence = read_opsim(opsim, cfg["field_ra_deg"], cfg["field_dec_deg"],
-                             radius_deg=float(cfg.get("opsim_radius_deg", 0.25)), bands=cfg["bands"],
+                             radius_deg=float(cfg["opsim_radius_deg"]), bands=cfg["bands"],
                              n_visits=cfg["n_visits"] if n_visits is not None else None)
     else:
         cadence = generate_cadence(cfg, rng_cad)
     sky = make_sky_model(cfg, cadence, rng_sky)
     rows = plan_visits(cfg, cadence, seed)
-    repo = Repository.create(repo_path, repo_config_for(cfg, seed))
+    return cfg, cadence, sky, rows
+
+
+def load_simulation(repo: Repository | str | Path):
+    """Rebuild the simulator's state for a repository it wrote: (cfg, sky model, visit rows, VisitRenderer).
+
+    For tests and validation that need the noiseless model (e.g. to measure variables on top of their hosts).
+    The sky model is regenerated from the recorded preset, seed and options (it is not stored pixel by pixel).
+    """
+    repo = repo if isinstance(repo, Repository) else Repository(repo)
+    sim = repo.config.get("simulation_call")
+    if not sim:
+        raise SimulationInputError(f"{repo.root}: not written by twinkles simulate (no simulation_call in the "
+                                   "repository configuration)")
+    cfg, _, sky, rows = _setup(sim["preset"], sim["seed"], sim.get("opsim"), sim.get("n_visits"), None,
+                               sim.get("overrides", {}))
+    return cfg, sky, rows, VisitRenderer(cfg, sky, int(sim["seed"]))
+
+
+def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, opsim: str | Path | None = None,
+                   n_visits: int | None = None, bands: str | None = None,
+                   progress: Callable[[int, int, dict], None] | None = None, **overrides) -> Repository:
+    """Simulate a field into the repository at ``repo_path`` (created if needed) and return it.
+
+    ``overrides``: any preset key (see :mod:`twinkles.sim.presets`), e.g. ``size=256, cosmic_rays=False``.
+    ``progress(i, n, info)`` is called after each visit with info = {visit, band, seconds, seeing}.
+    """
+    cfg, cadence, sky, rows = _setup(preset, seed, opsim, n_visits, bands, overrides)
+    repo = Repository.create(repo_path, repo_config_for(cfg, seed, opsim, n_visits, overrides))
     renderer = VisitRenderer(cfg, sky, seed)
     # visits grouped by true pointing so that galaxy stamps are drawn once per pointing
     order = sorted(range(len(rows)), key=lambda i: (VisitRenderer.pointing_key(rows[i]), i))
     lc_rows = []
     visit_rows: list[dict | None] = [None] * len(rows)
     n = len(rows)
+    bands_of_key: dict[tuple, set] = {}
+    for r in rows:
+        bands_of_key.setdefault(VisitRenderer.pointing_key(r), set()).add(r["band"])
     for done, i in enumerate(order, start=1):
         t0 = time.perf_counter()
         row = rows[i]
-        key = VisitRenderer.pointing_key(row)
-        renderer.prepare_pointing(row, "".join(sorted({r["band"] for r in rows
-                                                        if VisitRenderer.pointing_key(r) == key})))
+        renderer.prepare_pointing(row, "".join(sorted(bands_of_key[VisitRenderer.pointing_key(row)])))
         exposure, measured = renderer.render(row, i)
         repo.put(exposure, "eimage", {"visit": row["visit"], "detector": 0}, run=RAW_RUN)
         visit_rows[i] = dict(row, **measured)
@@ -293,6 +340,7 @@ def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, o
             progress(done, n, dict(visit=row["visit"], band=row["band"], seconds=time.perf_counter() - t0,
                                    seeing=measured["seeing"]))
     renderer.release_stamps()
+    rng_ref = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
     repo.put(make_ref_cat(sky.truth, rng_ref), "ref_cat", {}, run=RAW_RUN)
     repo.put(sky.truth, "truth_catalog", {}, run=TRUTH_RUN)
     lc = Table(rows=lc_rows, names=("id", "visit", "band", "midpointMjdTai", "flux"),
