@@ -104,7 +104,8 @@ def sn_ia_flux(t_mjd, t_explosion: float, redshift: float, peak_flux_njy: float,
     late = tr > rise
     dt = tr[late] - rise
     dm = _SN_DECLINE[band] * np.minimum(dt, 25.0) + 0.02 * np.maximum(dt - 25.0, 0.0)
-    f[late] = 10 ** (-0.4 * dm) + _SN_BUMP[band] * np.exp(-0.5 * ((tr[late] - 28.0) / 6.0) ** 2)
+    bump = np.exp(-0.5 * ((tr[late] - 28.0) / 6.0) ** 2) * (1.0 - np.exp(-dt / 4.0))  # 0 at peak
+    f[late] = 10 ** (-0.4 * dm) + _SN_BUMP[band] * bump
     return peak_flux_njy * f
 
 
