@@ -88,9 +88,11 @@ def test_resume_does_only_what_is_missing(bad_run):
     assert summary.resumed == 2 * 6 + 0  # wf_check and wf_down of the 6 good visits; wf_agg is redone
     agg = repo.get("wftest_summary", {}, runs="runs/l2")
     assert sorted(int(v) for v in agg["visits"]) == [1, 2, 4, 5, 6, 8, 9]
-    # a third run has nothing new to do but the two still-bad visits
-    summary = run_pipeline(repo.root, PIPE, executor="threads", workers=2, retries=0, progress=False)
+    # a third run has nothing new to do but the two still-bad visits; a changed config is pointed out
+    summary = run_pipeline(repo.root, PIPE, executor="threads", workers=2, retries=0, progress=False,
+                           overrides={"wf_check.sleep_s": "0.01"})
     assert summary.counts["wf_check"]["done"] == 7 and summary.n_failed == 2
+    assert any("config of wf_check changed" in n and "sleep_s" in n for n in summary.notes)
 
 
 def test_retries_then_success(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import fcntl
 import importlib.util
 import os
@@ -192,6 +193,13 @@ class RunSummary:
         return self.n_failed == 0 and self.n_skipped == 0
 
 
+def _config_dict(config) -> dict:
+    """A stage config as plain JSON data (to record it and compare it between invocations)."""
+    import json
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {"repr": repr(config)}
+    return json.loads(json.dumps(data, default=str))
+
+
 @contextlib.contextmanager
 def _repo_lock(repo: Repository):
     path = repo.root / ".workflow.lock"
@@ -268,9 +276,17 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
     run_dir = repo.root / "runinfo"
     config, n_workers, isolated = build_parsl_config(executor, run_dir, workers)
     label = executor if executor in EXECUTORS else str(Path(executor).resolve())
-    store.start_invocation(pipe.name, pipe.names, pipe.missing, label, n_workers)
+    configs = {s.name: _config_dict(s.config) for s in pipe.stages}
+    before = store.previous_configs()
+    store.start_invocation(pipe.name, pipe.names, pipe.missing, label, n_workers, configs)
     summary = RunSummary(run, pipe.name, pipe.names, pipe.missing, {}, workers=n_workers,
                          invocation=store.invocation)
+    for name, cfg in configs.items():
+        old = before.get(name)
+        if old is not None and old != cfg:
+            changed = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
+            summary.notes.append(f"the config of {name} changed since the last run of {run} ({', '.join(changed)}): "
+                                 "jobs done before keep the old one; use --run NEW to redo them all")
     if pipe.missing:
         summary.notes.append(f"not implemented yet (skipped): {', '.join(pipe.missing)}")
     for stage, items in pipe.blocked_inputs.items():

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS workflow_invocations (
     host TEXT, pid INTEGER,
     start REAL NOT NULL, end REAL,
     status TEXT NOT NULL,
-    message TEXT
+    message TEXT,
+    configs TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
@@ -76,7 +77,8 @@ _DIMS = ("tract", "patch", "visit", "detector", "band")
 
 
 #: columns added after the first version of the tables: added to older registries on the next run
-_ADDED_COLUMNS = {"jobs": [("cpu_wait_s", "REAL")], "job_attempts": [("cpu_wait_s", "REAL")]}
+_ADDED_COLUMNS = {"jobs": [("cpu_wait_s", "REAL")], "job_attempts": [("cpu_wait_s", "REAL")],
+                  "workflow_invocations": [("configs", "TEXT")]}
 
 
 def ensure_tables(repo: Repository) -> None:
@@ -112,8 +114,18 @@ class JobStore:
         ensure_tables(repo)
 
     # -------------------------------------------------------------------------- invocations
+    def previous_configs(self) -> dict:
+        """{stage: config dict} as last recorded for this run (the stages' configs of earlier invocations)."""
+        out: dict = {}
+        with self.repo.read_only() as conn:
+            rows = conn.execute("SELECT configs FROM workflow_invocations WHERE run=? AND configs IS NOT NULL "
+                                "ORDER BY id", (self.run,)).fetchall()
+        for r in rows:
+            out.update(json.loads(r["configs"]))
+        return out
+
     def start_invocation(self, pipeline: str, stages: list[str], missing: list[str], executor: str,
-                         workers: int) -> int:
+                         workers: int, configs: dict | None = None) -> int:
         with self.repo.connect() as conn:
             # an earlier invocation killed mid-way left "running" rows: they are pending again
             conn.execute("UPDATE workflow_invocations SET status='interrupted', end=COALESCE(end, ?) "
@@ -121,9 +133,9 @@ class JobStore:
             conn.execute("UPDATE jobs SET status='pending' WHERE run=? AND status='running'", (self.run,))
             cur = conn.execute(
                 "INSERT INTO workflow_invocations(run, pipeline, stages, missing_stages, executor, workers, host, "
-                "pid, start, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                "pid, start, status, configs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
                 (self.run, pipeline, ",".join(stages), ",".join(missing), executor, int(workers),
-                 socket.gethostname(), os.getpid(), time.time()))
+                 socket.gethostname(), os.getpid(), time.time(), json.dumps(configs or {}, default=str)))
             self.invocation = cur.lastrowid
         return self.invocation
 
