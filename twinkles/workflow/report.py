@@ -174,14 +174,19 @@ def _figures(summary: dict, attempts: list[dict], jobs: list[dict], invs: list[d
         if a["stage"] == first and a["status"] == "done" and a["visit"] is not None:
             first_visit_end[a["visit"]] = max(first_visit_end.get(a["visit"], 0.0), a["end"])
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
-    for axis, times, what in ((ax[0], done_ends, "jobs"), (ax[1], list(first_visit_end.values()), "visits")):
-        if times:
-            x, rate = rate_series(times, t0, t1, nbins=max(5, min(40, len(times) // 2)))
-            axis.step(x / scale, rate, where="mid")
+    for times, what in ((done_ends, "jobs"), (list(first_visit_end.values()), "visits")):
+        if not times:
+            continue
+        ts = np.sort(np.asarray(times, dtype=float))
+        ax[0].step(np.concatenate([[0.0], (ts - t0) / scale]), np.arange(ts.size + 1), where="post",
+                   label=f"{what}: {summary[what + '_per_hour']:.4g} per hour overall")
+        x, rate = rate_series(times, t0, t1, nbins=int(np.clip(len(times) // 5, 3, 40)))
+        ax[1].step(x / scale, rate, where="mid", label=what)
+    ax[0].set_ylabel("processed so far")
+    ax[1].set_ylabel("processed per hour")
+    for axis in ax:
         axis.set_xlabel(f"time since start ({unit})")
-        axis.set_ylabel(f"{what} per hour")
-        per_h = summary[f"{what}_per_hour"]
-        axis.set_title(f"{what} processed: {per_h:.4g} per hour overall" if math.isfinite(per_h) else what)
+        axis.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     _save(fig, outdir / "throughput.png")
     figs.append(("Throughput", "throughput.png"))
