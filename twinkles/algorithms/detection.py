@@ -66,7 +66,8 @@ def significance_image(image: np.ndarray, variance: np.ndarray, psf_sigma_px: fl
 
 def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float, threshold: float = 5.0,
                    ignore: np.ndarray | None = None, min_pixels: int = 3, min_prominence: float = 3.0,
-                   min_prominence_frac: float = 0.02, grow_sigma: float = 2.4) -> DetectionResult:
+                   min_prominence_frac: float = 0.0, grow_sigma: float = 2.4,
+                   saturated: np.ndarray | None = None) -> DetectionResult:
     """Detect sources on a background-subtracted ``image`` with per-pixel ``variance``.
 
     ``psf_sigma_px``: Gaussian sigma of the smoothing kernel (the PSF's, pixels); ``threshold``: in sigma of the
@@ -75,7 +76,9 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
     image. A secondary peak is kept (the footprint is then a blend) when it rises above the lowest point on the
     straight path to the nearest brighter kept peak by at least ``min_prominence`` sigma and
     ``min_prominence_frac`` of its height. The DETECTED plane is the footprints grown by ``grow_sigma`` PSF
-    sigmas (DM's nSigmaToGrow).
+    sigmas (DM's nSigmaToGrow). ``saturated``: bool map of saturated pixels and bleed trails; all peaks on one
+    connected saturated region (grown by 2 pixels) become a single source placed at the region's centroid (a
+    saturated star's plateau and trail have many flat local maxima).
     """
     image = np.asarray(image, dtype=np.float32)
     variance = np.asarray(variance, dtype=np.float32)
@@ -119,6 +122,25 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
                 else:
                     keep[j] = False
     yp, xp, val, foot = yp[keep], xp[keep], val[keep], foot[keep]
+    sat_x = sat_y = None
+    if saturated is not None and np.any(saturated) and len(val):
+        sat_lab, n_sat = ndimage.label(grow_mask(np.asarray(saturated, bool), 2), structure=np.ones((3, 3), int))
+        on = sat_lab[yp, xp]
+        keep = np.ones(len(val), bool)
+        sat_x = np.full(len(val), np.nan)
+        sat_y = np.full(len(val), np.nan)
+        if n_sat:
+            sat_only = np.where(np.asarray(saturated, bool), sat_lab, 0)
+            idx = np.arange(1, n_sat + 1)
+            cy_, cx_ = (np.asarray(c) for c in zip(*ndimage.center_of_mass(np.ones_like(sat_only), sat_only, idx)))
+            for k in np.unique(on[on > 0]):
+                members = np.nonzero(on == k)[0]
+                best = members[np.argmax(val[members])]
+                keep[members] = False
+                keep[best] = True
+                sat_x[best], sat_y[best] = cx_[k - 1], cy_[k - 1]
+        yp, xp, val, foot = yp[keep], xp[keep], val[keep], foot[keep]
+        sat_x, sat_y = sat_x[keep], sat_y[keep]
     # sub-pixel peak position from a parabola through the 3x3 S/N values
     ny, nx = snr.shape
     xm, xpl = np.clip(xp - 1, 0, nx - 1), np.clip(xp + 1, 0, nx - 1)
@@ -133,6 +155,9 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
     sources = np.zeros(n, dtype=SOURCE_DTYPE)
     sources["id"] = np.arange(1, n + 1)
     sources["x"], sources["y"] = xp + dx, yp + dy
+    if sat_x is not None:
+        on_sat = np.isfinite(sat_x)
+        sources["x"][on_sat], sources["y"][on_sat] = sat_x[on_sat], sat_y[on_sat]
     sources["x_peak"], sources["y_peak"] = xp, yp
     sources["significance"] = val
     if n:

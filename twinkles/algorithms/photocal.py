@@ -47,11 +47,12 @@ class ApertureCorrection:
 
 def aperture_correction(psf_flux, ap_flux_r1, ap_flux_r2, r1: float, r2: float, ap_flux_r2_err=None,
                         extrapolate: bool = True, min_stars: int = 3, clip_nsigma: float = 3.0,
-                        local_background=None, annulus=None) -> ApertureCorrection:
+                        local_background=None, annulus=None, estimator: str = "median") -> ApertureCorrection:
     """Aperture correction from PSF stars' PSF fluxes and aperture fluxes at radii r1 < r2 (pixels).
 
-    The ratios F(R)/psfFlux are averaged with inverse-variance weights from ``ap_flux_r2_err`` (the sky noise in a
-    large aperture dominates; bright stars count most), clipped at ``clip_nsigma``. With ``local_background``
+    The ratios F(R)/psfFlux are clipped at ``clip_nsigma`` (errors from ``ap_flux_r2_err``) and averaged: by their
+    median (``estimator="median"``, robust to stars whose large aperture holds undetected neighbours) or with
+    inverse-variance weights (``"wmean"``). With ``local_background``
     (per star, per pixel, e.g. the median of an ``annulus=(r_in, r_out)``), the residual local background is
     removed from both apertures after subtracting the star's own Kolmogorov wing light in the annulus
     (``F_tot A (r_in^-p - r_out^-p) / (pi (r_out^2 - r_in^2))``), iterated with the tail amplitude A.
@@ -70,7 +71,8 @@ def aperture_correction(psf_flux, ap_flux_r1, ap_flux_r2, r1: float, r2: float, 
             b = lb - own
             f1 = f1_raw - math.pi * r1 ** 2 * b
             f2 = f2_raw - math.pi * r2 ** 2 * b
-            res = aperture_correction(pf, f1, f2, r1, r2, ap_flux_r2_err, extrapolate, min_stars, clip_nsigma)
+            res = aperture_correction(pf, f1, f2, r1, r2, ap_flux_r2_err, extrapolate, min_stars, clip_nsigma,
+                                      estimator=estimator)
             m1, m2 = res.ratio_r1, res.ratio_r2
             amp = (m2 - m1) / (m2 * r1 ** -p - m1 * r2 ** -p) if m2 > m1 > 0 else 0.0
         return res
@@ -90,9 +92,13 @@ def aperture_correction(psf_flux, ap_flux_r1, ap_flux_r2, r1: float, r2: float, 
         if new.sum() < min_stars or (new == use).all():
             break
         use = new
-    m1 = float(np.sum(w[use] * q1[use]) / np.sum(w[use]))
-    m2 = float(np.sum(w[use] * q2[use]) / np.sum(w[use]))
-    err = float(1.0 / math.sqrt(np.sum(w[use])))
+    if estimator == "median":
+        m1, m2 = float(np.median(q1[use])), float(np.median(q2[use]))
+        err = float(1.2533 * 1.4826 * np.median(np.abs(q2[use] - m2)) / math.sqrt(use.sum()))
+    else:
+        m1 = float(np.sum(w[use] * q1[use]) / np.sum(w[use]))
+        m2 = float(np.sum(w[use] * q2[use]) / np.sum(w[use]))
+        err = float(1.0 / math.sqrt(np.sum(w[use])))
     tail = 0.0
     if extrapolate and m2 > m1 > 0:
         p = KOLMOGOROV_EE_SLOPE

@@ -94,7 +94,8 @@ def _spread(idx, snr, x, y, n):
 def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, weight_mask: np.ndarray, x, y,
                   stamp_size: int = 31, order: int = 2, min_stars: int = 5, n_iter: int = 3,
                   outlier_nsigma: float = 5.0, n_grid: int = 5, footprints: np.ndarray | None = None,
-                  own_labels=None, core_radius_px: float = 3.0) -> tuple[ImageGridPSF, np.ndarray, dict]:
+                  own_labels=None, core_radius_px: float = 3.0, min_stars_per_term: float = 10.0
+                  ) -> tuple[ImageGridPSF, np.ndarray, dict]:
     """Fit a pixel-basis PSF whose pixel values are 2-d polynomials of detector position (PSFEx-like).
 
     Each star stamp is shifted so that its centroid (x, y) falls on the central pixel (Fourier shift theorem on
@@ -104,7 +105,8 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, weight_mask: np.ndarr
     PSF fit) and stars whose reduced chi^2 is more than ``outlier_nsigma`` robust sigmas above the median are
     rejected, ``n_iter`` times. ``weight_mask``: usable pixels; ``footprints``/``own_labels``: pixels of other
     footprints in a stamp get zero weight; stars with a masked pixel within ``core_radius_px`` are skipped.
-    The order is lowered with few stars (order 2 needs >= 20 stars, order 1 >= 8).
+    The order is lowered until there are at least ``min_stars_per_term`` stars per polynomial term (order 2 has
+    6 terms, order 1 has 3): a pixel model has many parameters and noise in them biases PSF fluxes.
 
     Returns ``(ImageGridPSF, used, info)``: the model evaluated on an ``n_grid`` x ``n_grid`` grid of detector
     positions (kernels normalised to 1 over ``stamp_size``), the stars kept, and fit statistics.
@@ -136,10 +138,8 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, weight_mask: np.ndarr
     n = len(idx)
     if n < min_stars:
         raise PsfFitError(f"{n} usable PSF stars (need >= {min_stars})")
-    if n < 8:
-        order = 0
-    elif n < 20:
-        order = min(order, 1)
+    while order > 0 and n < min_stars_per_term * (order + 1) * (order + 2) / 2:
+        order -= 1
     # shift every star so that its centroid is on the central pixel
     dx, dy = x[idx] - xi[idx], y[idx] - yi[idx]
     data = _fourier_shift(np.where(good, im, 0.0), -dx, -dy)

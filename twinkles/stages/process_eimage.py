@@ -79,11 +79,13 @@ class PsfConfig:
     min_stars: int = 5  # fewer usable stars -> ProcessingError
     stamp_size: int = 31  # model stamp, pixels (odd); PSF fluxes measure the flux inside it
     order: int = 2  # polynomial order of the spatial variation (lowered with few stars)
+    min_stars_per_term: float = 10.0  # ... to keep at least this many stars per polynomial term
     n_grid: int = 5  # the model is stored sampled on n_grid x n_grid detector positions
     outlier_nsigma: float = 5.0  # reject stars whose chi^2 is this many robust sigmas above the median
     apcorr_r1_px: float = 12.0  # aperture correction: inner radius of the curve of growth (DM calibFlux 12 px)
-    apcorr_r2_px: float = 24.0  # ... outer radius ("large aperture")
+    apcorr_r2_px: float = 18.0  # ... outer radius ("large aperture"; larger ones gather more neighbour light)
     apcorr_extrapolate: bool = True  # add the Kolmogorov tail beyond apcorr_r2_px (1 - EE ~ R^-5/3)
+    apcorr_estimator: str = "median"  # median | wmean (inverse-variance weighted mean) of the stars' ratios
     apcorr_local_background: bool = True  # remove the local background (annulus median) around PSF stars
     apcorr_mask_grow_px: int = 2  # other footprints are grown by this much and replaced by the star's model
 
@@ -219,7 +221,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     t0 = time.perf_counter()
     dcfg = config.detection
     det = detect_sources(sub, variance, sigma0, dcfg.threshold, ignore=no_data, min_pixels=dcfg.min_pixels,
-                         min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma)
+                         min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma, saturated=sat)
     src_mask = grow_mask(det.footprints > 0, config.background.mask_grow_px)
     try:
         bkg = estimate_background(image, src_mask | sat | no_data, config.background.mesh_px,
@@ -228,7 +230,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
         pass  # everything is covered by sources: keep the first estimate
     sub = (image - bkg.image).astype(np.float32)
     det = detect_sources(sub, variance, sigma0, dcfg.threshold, ignore=no_data, min_pixels=dcfg.min_pixels,
-                         min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma)
+                         min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma, saturated=sat)
     mask[det.detected] |= mask_bit("DETECTED")
     edge_width = int(math.ceil(3.0 * sigma0))
     mask[edge_mask(sub.shape, edge_width)] |= mask_bit("EDGE")
@@ -265,7 +267,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
             sub, variance, good_pix, np.asarray(first["x"])[psel], np.asarray(first["y"])[psel],
             stamp_size=pcfg.stamp_size, order=pcfg.order, min_stars=pcfg.min_stars,
             outlier_nsigma=pcfg.outlier_nsigma, n_grid=pcfg.n_grid, footprints=det.footprints,
-            own_labels=sources["parent_id"][psel])
+            own_labels=sources["parent_id"][psel], min_stars_per_term=pcfg.min_stars_per_term)
     except PsfFitError as exc:
         raise fail(f"PSF model: {exc}; the image has no usable stars") from None
     psf_star = np.zeros(len(sources), bool)
@@ -290,7 +292,8 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
         apcorr = aperture_correction(np.asarray(src["psfFlux"])[psf_star], big[pcfg.apcorr_r1_px][0],
                                      big[pcfg.apcorr_r2_px][0], pcfg.apcorr_r1_px, pcfg.apcorr_r2_px,
                                      ap_flux_r2_err=big[pcfg.apcorr_r2_px][1], extrapolate=pcfg.apcorr_extrapolate,
-                                     local_background=big.get("annulus"), annulus=annulus)
+                                     local_background=big.get("annulus"), annulus=annulus,
+                                     estimator=pcfg.apcorr_estimator)
     except PhotoCalError as exc:
         raise fail(f"aperture correction: {exc}") from None
     src["psfFlux"] = np.asarray(src["psfFlux"]) * apcorr.factor

@@ -40,16 +40,20 @@ def astrometry_summary(dra_mas, ddec_mas) -> dict:
             "mean_ddec_mas": float(np.mean(np.asarray(ddec_mas)[ok]))}
 
 
-def photometric_pulls(flux_njy, flux_err_njy, true_flux_njy) -> dict:
-    """Residuals (mmag, measured - true) and pulls ((flux - true) / err) with their median and spreads."""
+def photometric_pulls(flux_njy, flux_err_njy, true_flux_njy, calib_err_frac: float = 0.0) -> dict:
+    """Residuals (mmag, measured - true) and pulls ((flux - true) / err) with their median and spreads.
+
+    ``pull_with_calib`` also counts the calibration's fractional error ``calib_err_frac`` (common to all the
+    sources of an image: the zero point's error) in each source's error."""
     f = np.asarray(flux_njy, float)
     e = np.asarray(flux_err_njy, float)
     t = np.asarray(true_flux_njy, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         dmag = -2.5 * np.log10(f / t) * 1000.0
         pull = (f - t) / e
+        pull_calib = (f - t) / np.hypot(e, calib_err_frac * f)
     ok = np.isfinite(dmag) & np.isfinite(pull)
-    return {"dmag_mmag": dmag, "pull": pull, "n": int(ok.sum()),
+    return {"dmag_mmag": dmag, "pull": pull, "pull_with_calib": pull_calib, "n": int(ok.sum()),
             "median_dmag_mmag": float(np.median(dmag[ok])) if ok.any() else float("nan"),
             "pull_median": float(np.median(pull[ok])) if ok.any() else float("nan"),
             "pull_sd": float(np.std(pull[ok])) if ok.any() else float("nan"),

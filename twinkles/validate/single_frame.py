@@ -70,7 +70,8 @@ def validate_visit(src: Table, truth: Table, visit_row, metadata: dict | None = 
     lo, hi = pull_snr_range
     p = star & (snr[i_s] >= lo) & (snr[i_s] <= hi)
     tf = np.asarray(truth[f"{band}_flux"], float)[i_t[p]]
-    ph = photometric_pulls(np.asarray(src["psfFlux"])[i_s[p]], np.asarray(src["psfFluxErr"])[i_s[p]], tf)
+    zp_frac = float(metadata.get("zero_point_err", 0.0)) * math.log(10) / 2.5 if metadata else 0.0
+    ph = photometric_pulls(np.asarray(src["psfFlux"])[i_s[p]], np.asarray(src["psfFluxErr"])[i_s[p]], tf, zp_frac)
     ph["true_mag"] = 31.4 - 2.5 * np.log10(tf)
     out["photometry"] = ph
     # zero point and PSF against the visit's truth
@@ -87,13 +88,24 @@ def validate_visit(src: Table, truth: Table, visit_row, metadata: dict | None = 
                               mutual=False)
     detected = np.zeros(len(truth), bool)
     detected[i_t2] = True
+    matched_src = np.zeros(len(src), bool)
+    matched_src[i_s2] = True
+    # a detection inside an extended galaxy (within 1.5 half-light radii of its centre) is not spurious
+    hlr = np.zeros(len(truth))
+    for c in ("diskHlr", "bulgeHlr"):
+        if c in truth.colnames:
+            hlr = np.maximum(hlr, np.nan_to_num(np.asarray(truth[c], float)))
+    if hlr.max() * 1.5 > spurious_radius_arcsec:
+        un = np.nonzero(~matched_src)[0]
+        j_s, j_t, sep = match_sky(np.asarray(src["ra"])[un], np.asarray(src["dec"])[un], truth["ra"], truth["dec"],
+                                  float(hlr.max() * 1.5), mutual=False)
+        ok = sep < 1.5 * hlr[j_t]
+        matched_src[un[j_s[ok]]] = True
     pts = np.isin(ttype, STATIC_POINT_TYPES) & iso
     inside = _inside(src, truth)
     sel = pts & inside & (pred_snr >= 10)
     out["completeness_snr10"] = float(detected[sel].mean()) if sel.any() else float("nan")
     out["n_point_sources_snr10"] = int(sel.sum())
-    matched_src = np.zeros(len(src), bool)
-    matched_src[i_s2] = True
     out["spurious_fraction"] = float(1.0 - matched_src.mean()) if len(src) else float("nan")
     out["n_sources"] = len(src)
     out["completeness_arrays"] = {"true_mag": true_mag[pts & inside], "detected": detected[pts & inside],

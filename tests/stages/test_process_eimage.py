@@ -1,0 +1,275 @@
+"""End-to-end tests of process_eimage on a simulated tiny field, against the simulator's truth.
+
+One tiny field (512 x 512, 6 visits in r and i, seed 1) is simulated and processed once per session with
+``twinkles stage process_eimage``; the tests compare the outputs with the truth with tolerances from the noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from twinkles.cli import main as cli_main
+from twinkles.image import mask_bit
+from twinkles.repo import QuantumButler, Repository
+from twinkles.stages import ProcessingError, apply_config_overrides, load_stage
+from twinkles.stages.process_eimage import OUTPUTS, Config, run, run_quantum
+from twinkles.validate.match import match_sky
+from twinkles.validate.single_frame import isolated, repeatability, validate_visit
+
+RUN = "runs/l2"
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory):
+    from twinkles.sim.simulate import simulate_field
+    root = tmp_path_factory.mktemp("pe") / "tiny"
+    simulate_field(root, preset="tiny", seed=1)
+    assert cli_main(["stage", "process_eimage", str(root), "--run", RUN]) == 0
+    return Repository(root)
+
+
+@pytest.fixture(scope="session")
+def truth(tiny_repo):
+    return tiny_repo.get("truth_catalog", runs=["truth"]), tiny_repo.get("visit_table", runs=["truth"])
+
+
+@pytest.fixture(scope="session")
+def validations(tiny_repo, truth):
+    tcat, visits = truth
+    out = []
+    for row in visits:
+        did = {"visit": int(row["visit"]), "detector": 0}
+        src = tiny_repo.get("src", did, runs=[RUN])
+        meta = tiny_repo.get("process_eimage_metadata", did, runs=[RUN])
+        out.append((row, src, meta, validate_visit(src, tcat, row, meta)))
+    return out
+
+
+def test_outputs_written_for_every_visit(tiny_repo, truth):
+    _, visits = truth
+    for name in OUTPUTS:
+        refs = tiny_repo.query(name, runs=[RUN])
+        assert len(refs) == len(visits), name
+    did = {"visit": int(visits[0]["visit"]), "detector": 0}
+    calexp = tiny_repo.get("calexp", did, runs=[RUN])
+    assert calexp.psf is not None and calexp.photo_calib is not None
+    assert calexp.wcs.wcs.ctype[0].startswith("RA---TAN")
+    for plane in ("DETECTED", "EDGE", "CR", "INTRP", "SAT"):
+        assert (calexp.mask & mask_bit(plane)).any(), f"mask plane {plane} never set"
+    bkg = tiny_repo.get("calexp_background", did, runs=[RUN])
+    sky = float(visits[0]["skyBg"])
+    # the background is the sky (electrons): within a few percent (a gradient of ~1% is simulated)
+    assert abs(np.median(bkg) / sky - 1) < 0.03
+    # the calexp is background-subtracted: the median of undetected pixels is ~0 compared with the noise
+    free = (calexp.mask & mask_bit("DETECTED", "SAT", "CR", "EDGE")) == 0
+    assert abs(np.median(calexp.image[free])) < 0.05 * math.sqrt(sky)
+    src = tiny_repo.get("src", did, runs=[RUN])
+    for col in ("sourceId", "visit", "detector", "band", "ra", "dec", "x", "y", "xErr", "yErr", "psfFlux",
+                "psfFluxErr", "apFlux_3_0", "apFlux_4_5", "apFlux_6_0", "apFlux_9_0", "apFlux_12_0",
+                "apFlux_12_0Err", "ixx", "iyy", "ixy", "ixxPSF", "iyyPSF", "ixyPSF", "extendedness", "sky",
+                "pixelFlags_edge", "pixelFlags_saturated", "pixelFlags_interpolated", "pixelFlags_cr",
+                "deblend_nChild", "blended", "centroid_flag", "psfFlux_flag"):
+        assert col in src.colnames, col
+    assert len(np.unique(src["sourceId"])) == len(src)
+    assert src["psfFlux"].unit == "nJy"
+
+
+def test_astrometry_against_truth(validations):
+    """Bright (S/N > 50) isolated stars: median offset < 5 mas and RMS < 10 mas per visit (SRD AM1: 10 mas)."""
+    for row, _, meta, v in validations:
+        a = v["astrometry"]
+        assert a["n"] >= 10, f"visit {row['visit']}: only {a['n']} bright isolated stars"
+        assert a["median_offset_mas"] < 5.0, (row["visit"], a)
+        assert a["rms_offset_mas"] < 10.0, (row["visit"], a)
+        assert meta["astrom_rms_mas"] < 50.0  # fit residual against the reference catalog (its own errors ~5 mas)
+
+
+def test_astrometry_pulls_are_consistent_with_centroid_errors(tiny_repo, truth):
+    tcat, visits = truth
+    pulls = []
+    for row in visits:
+        src = tiny_repo.get("src", {"visit": int(row["visit"]), "detector": 0}, runs=[RUN])
+        i_s, i_t, _ = match_sky(src["ra"], src["dec"], tcat["ra"], tcat["dec"], 0.5)
+        ok = (np.asarray(tcat["type"])[i_t] == "star") & isolated(tcat, row["band"])[i_t]
+        ok &= ~np.asarray(src["blended"])[i_s] & ~np.asarray(src["pixelFlags_saturated"])[i_s]
+        ok &= np.asarray(src["psfFlux"] / src["psfFluxErr"])[i_s] > 20
+        dec = np.asarray(tcat["dec"])[i_t[ok]]
+        dx = (np.asarray(src["ra"])[i_s[ok]] - np.asarray(tcat["ra"])[i_t[ok]]) * np.cos(np.radians(dec)) * 3.6e6
+        err = np.asarray(src["xErr"])[i_s[ok]] * 200.0  # mas; 0.2"/pixel
+        meta = tiny_repo.get("process_eimage_metadata", {"visit": int(row["visit"]), "detector": 0}, runs=[RUN])
+        # the WCS fit's own error per axis: the per-axis scatter of its residuals / sqrt(number of matches)
+        wcs_err = meta["astrom_rms_mas"] / math.sqrt(2.0 * meta["astrom_n_matches"])
+        pulls.append(dx / np.hypot(err, wcs_err))
+    p = np.concatenate(pulls)
+    sd = 1.4826 * np.median(np.abs(p - np.median(p)))
+    assert 0.7 < sd < 1.5, sd
+
+
+def test_photometry_against_truth(validations):
+    """PSF-flux pulls of isolated stars vs truth have sd in 0.9-1.2 (pooled, robust, with the visit's zero-point
+    error -- common to all its stars -- added to each star's error); zero point within 5 mmag."""
+    pulls = np.concatenate([v["photometry"]["pull_with_calib"] for *_, v in validations])
+    pulls = pulls[np.isfinite(pulls)]
+    assert len(pulls) > 40
+    sd = 1.4826 * np.median(np.abs(pulls - np.median(pulls)))
+    assert 0.9 < sd < 1.2, sd
+    assert abs(np.median(pulls)) < 0.5
+    zp = np.array([v["zero_point_offset_mmag"] for *_, v in validations])
+    errs = np.array([m["zero_point_err"] * 1000 for _, _, m, _ in validations])
+    assert abs(np.median(zp)) < 5.0, zp
+    # each visit within 5 mmag or 3 sigma of its own error (reference fluxes carry 1% errors each)
+    assert np.all(np.abs(zp) < np.maximum(5.0, 3.0 * errs) + 1.0), (zp, errs)
+
+
+def test_repeatability_pa1(tiny_repo, truth):
+    tcat, visits = truth
+    for band in np.unique(visits["band"]):
+        srcs = [tiny_repo.get("src", {"visit": int(r["visit"]), "detector": 0}, runs=[RUN])
+                for r in visits if r["band"] == band]
+        rep = repeatability(srcs, tcat, str(band), min_snr=200.0)
+        assert rep["n_objects"] >= 5
+        # PA1 < 5 mmag beyond the measurement noise of the stars used
+        assert rep["pa1_excess_mmag"] < 5.0, rep
+        assert rep["pa1_mmag"] < 10.0, rep
+
+
+def test_psf_model_against_true_psf(tiny_repo, truth):
+    """Model FWHM within 2% of the true PSF's across the sensor; residual ellipticity < 0.01."""
+    from twinkles.measure.moments import moments_from_stamps, moments_to_fwhm
+    from twinkles.sim.psf import true_psf
+    _, visits = truth
+    cfg = tiny_repo.config
+    for row in visits[:3]:
+        calexp = tiny_repo.get("calexp", {"visit": int(row["visit"]), "detector": 0}, runs=[RUN])
+        tpsf = true_psf(dict(zip(row.colnames, row.as_void())), cfg)
+        for x, y in [(100, 100), (256, 256), (400, 120), (130, 400), (400, 400)]:
+            km = calexp.psf.kernel_image(x, y, 31)
+            kt = tpsf.kernel_image(x, y, 31)
+            m = moments_from_stamps(np.array([km, kt]), None, 1.7)
+            t = m["ixx"] + m["iyy"]
+            e1 = (m["ixx"] - m["iyy"]) / t
+            e2 = 2 * m["ixy"] / t
+            fwhm_m = moments_to_fwhm(m["ixx"], m["iyy"], m["ixy"])
+            assert abs(fwhm_m[0] / fwhm_m[1] - 1) < 0.02, (row["visit"], x, y, fwhm_m)
+            assert math.hypot(e1[0] - e1[1], e2[0] - e2[1]) < 0.01, (row["visit"], x, y, e1, e2)
+        meta = tiny_repo.get("process_eimage_metadata", {"visit": int(row["visit"]), "detector": 0}, runs=[RUN])
+        assert abs(meta["seeing_arcsec"] / row["seeing"] - 1) < 0.02
+        assert meta["n_psf_stars"] >= 10
+
+
+def test_detection_completeness_and_purity(validations):
+    comp = [v["completeness_snr10"] for *_, v in validations]
+    spur = [v["spurious_fraction"] for *_, v in validations]
+    n = sum(v["n_point_sources_snr10"] for *_, v in validations)
+    det = sum(v["completeness_snr10"] * v["n_point_sources_snr10"] for *_, v in validations)
+    assert n > 100
+    assert det / n > 0.95, comp
+    # spurious detections (no truth object within 1" or inside a galaxy's half-light radius)
+    assert np.mean(spur) < 0.04, spur
+
+
+def test_metadata_contents(validations):
+    for row, src, meta, _ in validations:
+        for key in ("seeing_arcsec", "zero_point", "sky_level_e", "n_psf_stars", "astrom_rms_mas", "n_sources"):
+            assert key in meta
+        assert meta["n_sources"] == len(src)
+        assert abs(meta["sky_level_e"] / row["skyBg"] - 1) < 0.05
+
+
+def test_header_wcs_off_by_5_arcsec_and_rotated(tiny_repo, truth):
+    """Perturb the header WCS further (5" and 0.1 deg on top of the simulated error): same astrometry."""
+    tcat, visits = truth
+    did = {"visit": int(visits[0]["visit"]), "detector": 0}
+    exp = tiny_repo.get("eimage", did)
+    w = exp.wcs.deepcopy()
+    w.wcs.crval = [w.wcs.crval[0] + 4.0 / 3600 / math.cos(math.radians(w.wcs.crval[1])), w.wcs.crval[1] - 3.0 / 3600]
+    th = math.radians(0.1)
+    w.wcs.pc = w.wcs.get_pc() @ np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    w.wcs.set()
+    exp.wcs = w
+    res = run(exp, tiny_repo.get("ref_cat"), Config(), did)
+    v = validate_visit(res.src, tcat, visits[0], res.metadata)
+    assert v["astrometry"]["median_offset_mas"] < 5.0
+    assert v["astrometry"]["rms_offset_mas"] < 10.0
+
+
+def _expect_failure(exposure, ref_cat, words):
+    with pytest.raises(ProcessingError) as info:
+        run(exposure, ref_cat, Config(), {"visit": 840, "detector": 0})
+    msg = str(info.value)
+    assert "visit 840" in msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_bad_input_fails_with_reason(tiny_repo, truth):
+    did = {"visit": 840, "detector": 0}
+    ref = tiny_repo.get("ref_cat")
+    exp = tiny_repo.get("eimage", did)
+    bad = exp.copy()
+    bad.image[:] = np.nan
+    _expect_failure(bad, ref, ["NaN"])
+    bad = exp.copy()
+    bad.wcs = None
+    _expect_failure(bad, ref, ["WCS"])
+    # no stars: pure sky noise
+    bad = exp.copy()
+    rng = np.random.default_rng(3)
+    bad.image = rng.normal(1000.0, 32.0, bad.image.shape).astype(np.float32)
+    bad.variance[:] = 1024.0
+    _expect_failure(bad, ref, ["no sources detected"])
+    # reference catalog from another part of the sky: too few matches
+    far = ref.copy()
+    far["coord_dec"] = far["coord_dec"] + 0.5
+    _expect_failure(exp, far, ["astrometry", "reference"])
+
+
+def test_failed_quantum_writes_nothing(tiny_repo, tmp_path):
+    """run_quantum raises before writing: no calexp with a wrong WCS reaches the repository."""
+    did = {"visit": 841, "detector": 0}
+    butler = QuantumButler(tiny_repo, "runs/failtest", ["raw"])
+
+    class BadButler:
+        outputs = butler.outputs
+
+        def get(self, name, data_id=None, columns=None):
+            obj = butler.get(name, data_id, columns)
+            if name == "ref_cat":
+                obj = obj[:3]
+            return obj
+
+        def put(self, *a, **k):
+            return butler.put(*a, **k)
+
+    with pytest.raises(ProcessingError, match="visit 841"):
+        run_quantum(BadButler(), did, Config())
+    assert butler.outputs == []
+    assert not (tiny_repo.root / "runs" / "failtest").exists()
+
+
+def test_config_overrides_from_command_line(tiny_repo):
+    module = load_stage("process_eimage")
+    cfg = apply_config_overrides(module.Config(), {"process_eimage.detection.threshold": "6",
+                                                   "process_eimage.psf.order": "1"}, "process_eimage")
+    assert cfg.detection.threshold == 6.0 and cfg.psf.order == 1
+    assert module.Config().detection.threshold == 5.0
+    rc = cli_main(["stage", "process_eimage", str(tiny_repo.root), "--id", "visit=841", "--run", "runs/thr6",
+                   "--config", "process_eimage.detection.threshold=6"])
+    assert rc == 0
+    n6 = len(tiny_repo.get("src", {"visit": 841, "detector": 0}, runs=["runs/thr6"]))
+    n5 = len(tiny_repo.get("src", {"visit": 841, "detector": 0}, runs=[RUN]))
+    assert n6 < n5
+
+
+def test_validation_report_sections(tiny_repo, tmp_path):
+    from twinkles.validate.report import validation_sections
+    sections = validation_sections(tiny_repo.root, RUN, tmp_path)
+    assert len(sections) == 1
+    sec = sections[0]
+    assert sec["metrics"]["n_visits"] == 6
+    assert sec["metrics"]["astrometry_median_offset_mas"] < 5
+    for fig in sec["figures"]:
+        assert (tmp_path / fig).stat().st_size > 1000
