@@ -17,7 +17,8 @@ from twinkles.repo.datasets import DATASET_TYPES, register_dataset_type
 for _name, _dims, _storage in [("wftest_stats", ("visit", "detector"), "Catalog"),
                                ("wftest_down", ("visit", "detector"), "StructuredData"),
                                ("wftest_summary", (), "StructuredData"),
-                               ("wftest_flaky", ("visit", "detector"), "StructuredData")]:
+                               ("wftest_flaky", ("visit", "detector"), "StructuredData"),
+                               ("wftest_image", ("visit", "detector"), "Exposure")]:
     if _name not in DATASET_TYPES:
         register_dataset_type(_name, _dims, _storage)
 

@@ -135,17 +135,28 @@ def _jsonable(obj):
 
 
 # --------------------------------------------------------------------------------------------- formatters
+def _write_fits(hdul: fits.HDUList, path: Path) -> None:
+    """Write with CHECKSUM/DATASUM cards whose comments carry no timestamp (astropy's default does), so the same
+    content gives the same bytes: a job re-done after an interruption rewrites an identical file."""
+    if not isinstance(hdul, fits.HDUList):  # a duck-typed writer: let it checksum its own way
+        hdul.writeto(path, checksum=True)
+        return
+    for hdu in hdul:
+        hdu.add_checksum(when="checksum (FITS checksum convention)")
+    hdul.writeto(path, checksum=False)
+
+
 def write_dataset_file(obj, storage: str, path: Path) -> None:
     """Write ``obj`` of the given storage class atomically to ``path``."""
     if storage == "Exposure":
         if not isinstance(obj, Exposure):
             raise TypeError(f"{path.name}: expected an Exposure, got {type(obj).__name__}")
-        atomic_write(path, lambda tmp: obj.to_hdulist().writeto(tmp, checksum=True))
+        atomic_write(path, lambda tmp: _write_fits(obj.to_hdulist(), tmp))
     elif storage == "ImageF":
         arr = np.asarray(obj, dtype=np.float32)
         if arr.ndim != 2:
             raise TypeError(f"{path.name}: expected a 2-d image, got shape {arr.shape}")
-        atomic_write(path, lambda tmp: fits.PrimaryHDU(arr).writeto(tmp, checksum=True))
+        atomic_write(path, lambda tmp: _write_fits(fits.HDUList([fits.PrimaryHDU(arr)]), tmp))
     elif storage == "Catalog":
         if isinstance(obj, pa.Table):
             atable = obj
