@@ -81,3 +81,22 @@ def test_status_page_in_headless_chromium(served):
             assert shown()[("wf_down", "done")] == 0
         finally:
             browser.close()
+
+
+def test_serve_command_binds_loopback(served):
+    import subprocess
+    import sys
+
+    repo, _ = served
+    proc = subprocess.Popen([sys.executable, "-m", "twinkles.cli", "serve", str(repo.root), "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line
+        url = line.split("http://", 1)[1].split()[0]
+        with urllib.request.urlopen("http://" + url) as r:
+            page = r.read().decode()
+        assert 'http-equiv="refresh"' in page and 'data-stage="wf_check" data-status="done">3<' in page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

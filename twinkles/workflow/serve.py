@@ -111,9 +111,10 @@ def make_server(repo_path, port: int = 8765, run: str | None = None, refresh: fl
     return server
 
 
-def serve(repo_path, port: int = 8765, run: str | None = None, refresh: float = 5.0, echo=print) -> None:
+def serve(repo_path, port: int = 8765, run: str | None = None, refresh: float = 5.0, echo=None) -> None:
     server = make_server(repo_path, port, run, refresh)
     host, port = server.server_address[:2]
+    echo = echo or (lambda msg: print(msg, flush=True))
     echo(f"status page of {server.repo.root}: http://{host}:{port}/  (read-only; Ctrl-C to stop)")
     try:
         server.serve_forever()
