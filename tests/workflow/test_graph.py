@@ -141,3 +141,19 @@ def test_resume_redoes_aggregate_when_an_upstream_job_runs_again(pipeline):
     assert c.status == "pending" and not c.resumed
     assert by(g, "B")[10].status == "done"  # its own visit is done: kept
     assert c in g.take_new_jobs()  # recorded as pending again
+
+
+def test_quanta_without_the_stage_dimensions_are_refused():
+    from twinkles.stages import StageError
+
+    stages = [spec("A", ("visit", "detector"), ["eimage"], ["calexp"], {}),
+              spec("T", ("tract",), ["calexp"], ["diaObjectTable"], {"calexp": "A"})]
+
+    def discover(s):
+        if s.name == "A":
+            return [{"visit": 1, "detector": 0}]
+        return [{}]  # what projecting calexp data IDs on (tract,) gives: nothing
+
+    g = JobGraph(Pipeline("t", stages, []), discover)
+    with pytest.raises(StageError, match="give the stage a find_quanta"):
+        g.settle(drain(g)[0], "done")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from ..repo.dataid import data_id_key, format_data_id
 from ..repo.datasets import get_dataset_type
+from ..stages import StageError
 from .pipeline import Pipeline, StageSpec
 
 __all__ = ["Job", "JobGraph", "TERMINAL", "STATUSES"]
@@ -174,7 +175,13 @@ class JobGraph:
         return progress
 
     def _add_jobs(self, st: _StageState, quanta: list[dict]) -> None:
+        dims = st.spec.quantum
         for did in quanta:
+            if set(did) != set(dims):
+                raise StageError(f"stage {st.spec.name}: quantum {format_data_id(did)} does not have the stage's "
+                                 f"dimensions ({', '.join(dims) or 'none'}); its quanta cannot be projected from "
+                                 f"its first input {st.spec.inputs[0] if st.spec.inputs else '(none)'}: give the "
+                                 "stage a find_quanta(repo, query, runs)")
             job = Job(st.spec.name, dict(did))
             prev = self.previous(st.spec.name, job.key)
             if prev is not None:
