@@ -55,7 +55,7 @@ td.bar {{ width: 320px; }} td.bar span {{ display: inline-block; height: 12px; }
 <p>{e(st['repo'])}<br>{head}</p>{missing}
 <table id="counts"><tr><th>stage</th>{''.join(f'<th>{s}</th>' for s in STATUSES)}<th>total</th><th></th></tr>
 {''.join(rows)}</table>
-<h2>Failures ({len(st['failures'])})</h2>
+<h2>Failures ({st['totals']['failed']} failed, {st['totals']['skipped-upstream']} skipped)</h2>
 <table id="failures"><tr><th>stage</th><th>data ID</th><th>status</th><th>attempt</th><th>error</th><th>log</th></tr>
 {fails}</table>
 <p><small>updated {updated}; this page reloads every {refresh:g} s; JSON at <a href="status.json">status.json</a>

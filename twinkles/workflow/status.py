@@ -11,7 +11,7 @@ import time
 
 from ..repo import Repository
 from .graph import STATUSES
-from .records import latest_run, load_invocations, load_jobs
+from .records import latest_run, load_invocations
 
 __all__ = ["collect_status", "format_status"]
 
@@ -28,8 +28,16 @@ def _alive(inv: dict) -> bool:
         return True
 
 
-def collect_status(repo: Repository | str, run: str | None = None) -> dict:
-    """{run, stages: {stage: {status: count, total}}, totals, failures: [...], invocation, state}.
+def _query(repo: Repository, sql: str, run: str) -> list[dict]:
+    with repo.read_only() as conn:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='jobs'").fetchone() is None:
+            return []
+        return [dict(r) for r in conn.execute(sql, (run,)).fetchall()]
+
+
+def collect_status(repo: Repository | str, run: str | None = None, max_failures: int = 1000) -> dict:
+    """{run, stages: {stage: {status: count, total}}, totals, failures: [the first max_failures], invocation,
+    state}.
 
     ``state``: running, finished, failed, interrupted (a "running" invocation whose process is gone), or none.
     """
@@ -50,18 +58,18 @@ def collect_status(repo: Repository | str, run: str | None = None) -> dict:
         out["state"] = state
         stage_order = [s for s in inv["stages"].split(",") if s]
         out["missing_stages"] = [s for s in (inv.get("missing_stages") or "").split(",") if s]
-    jobs = load_jobs(repo, run)
-    for s in stage_order + sorted({j["stage"] for j in jobs} - set(stage_order)):
+    counts = _query(repo, "SELECT stage, status, COUNT(*) AS n FROM jobs WHERE run=? GROUP BY stage, status", run)
+    for s in stage_order + sorted({c["stage"] for c in counts} - set(stage_order)):
         out["stages"][s] = dict.fromkeys(STATUSES, 0)
-    for j in jobs:
-        status = j["status"]
+    for c in counts:
+        status = c["status"]
         if status == "running" and out["state"] != "running":
             status = "pending"  # its run is gone: it will be redone
-        out["stages"][j["stage"]][status] += 1
-        out["totals"][status] += 1
-        if status in ("failed", "skipped-upstream"):
-            out["failures"].append({"stage": j["stage"], "data_id": j["data_id"], "status": status,
-                                    "attempt": j["attempt"], "error": j["error"] or "", "log_path": j["log_path"]})
+        out["stages"][c["stage"]][status] += c["n"]
+        out["totals"][status] += c["n"]
+    for j in _query(repo, "SELECT stage, data_id, status, attempt, error, log_path FROM jobs WHERE run=? AND "
+                    f"status IN ('failed', 'skipped-upstream') ORDER BY status != 'failed', id LIMIT {max_failures}", run):
+        out["failures"].append({**j, "error": j["error"] or ""})
     for c in out["stages"].values():
         c["total"] = sum(c[s] for s in STATUSES)
     out["totals"]["total"] = sum(out["totals"][s] for s in STATUSES)
@@ -93,14 +101,14 @@ def format_status(st: dict, max_failures: int = 50) -> str:
     failed = [f for f in st["failures"] if f["status"] == "failed"]
     skipped = [f for f in st["failures"] if f["status"] == "skipped-upstream"]
     if failed:
-        lines.append(f"failures ({len(failed)}):")
+        lines.append(f"failures ({st['totals']['failed']}):")
         for f in failed[:max_failures]:
             lines.append(f"  {f['stage']} {f['data_id']} (attempt {f['attempt']}): {f['error']}")
             if f["log_path"]:
                 lines.append(f"      log: {f['log_path']}")
-        if len(failed) > max_failures:
-            lines.append(f"  ... and {len(failed) - max_failures} more")
-    if skipped:
-        lines.append(f"skipped because an upstream job failed: {len(skipped)} job(s), e.g. {skipped[0]['stage']} "
-                     f"{skipped[0]['data_id']}")
+        if st["totals"]["failed"] > min(len(failed), max_failures):
+            lines.append(f"  ... and {st['totals']['failed'] - min(len(failed), max_failures)} more")
+    if st["totals"]["skipped-upstream"]:
+        eg = f", e.g. {skipped[0]['stage']} {skipped[0]['data_id']}: {skipped[0]['error']}" if skipped else ""
+        lines.append(f"skipped because upstream jobs failed: {st['totals']['skipped-upstream']} job(s){eg}")
     return "\n".join(lines)
