@@ -349,8 +349,9 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
 
 def _progress_bar(progress, graph):
     from tqdm import tqdm
-    return tqdm(total=graph.n_total, initial=graph.n_settled, unit="job", desc="twinkles run", disable=(False if progress else
-                None if progress is None else True), dynamic_ncols=True, file=sys.stderr)
+    disable = {True: False, None: None}.get(progress, True)  # None: only on a terminal
+    return tqdm(total=graph.n_total, initial=graph.n_settled, unit="job", desc="twinkles run", disable=disable,
+                dynamic_ncols=True, file=sys.stderr)
 
 
 def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, fixed_batch, bar) -> None:

@@ -212,7 +212,8 @@ class JobStore:
                                  "done" if res.get("status") == "done" else "failed", *common, self.invocation))
         with self.repo.connect() as conn:
             conn.executemany(
-                "UPDATE jobs SET status=?, attempt=?, start=?, end=?, wall_s=?, cpu_s=?, cpu_wait_s=?, peak_rss_mb=?, host=?, "
+                "UPDATE jobs SET status=?, attempt=?, start=?, end=?, wall_s=?, cpu_s=?, cpu_wait_s=?, peak_rss_mb=?, "
+                "host=?, "
                 "pid=?, error=?, log_path=?, outputs=?, metadata=?, invocation=?, updated=? "
                 "WHERE run=? AND stage=? AND data_id=?", job_rows)
             conn.executemany(

@@ -67,8 +67,9 @@ def collect_status(repo: Repository | str, run: str | None = None, max_failures:
             status = "pending"  # its run is gone: it will be redone
         out["stages"][c["stage"]][status] += c["n"]
         out["totals"][status] += c["n"]
-    for j in _query(repo, "SELECT stage, data_id, status, attempt, error, log_path FROM jobs WHERE run=? AND "
-                    f"status IN ('failed', 'skipped-upstream') ORDER BY status != 'failed', id LIMIT {max_failures}", run):
+    for j in _query(repo, "SELECT stage, data_id, status, attempt, error, log_path FROM jobs WHERE run=? AND status "
+                    f"IN ('failed', 'skipped-upstream') ORDER BY status != 'failed', id LIMIT {int(max_failures)}",
+                    run):
         out["failures"].append({**j, "error": j["error"] or ""})
     for c in out["stages"].values():
         c["total"] = sum(c[s] for s in STATUSES)
