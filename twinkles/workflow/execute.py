@@ -298,14 +298,13 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
     def discover(spec):
         return find_quanta(repo, spec.module, query, butler_runs)
 
-    graph = JobGraph(pipe, discover, lambda stage, key: previous.get((stage, key)), query)
-    store.add_pending(graph.take_new_jobs())
-    summary.resumed = sum(1 for j in graph.jobs() if j.resumed)
     t0 = time.time()
     status, message = "finished", ""
-    dfk = None
-    bar = None
+    dfk = graph = bar = None
     try:
+        graph = JobGraph(pipe, discover, lambda stage, key: previous.get((stage, key)), query)
+        store.add_pending(graph.take_new_jobs())
+        summary.resumed = sum(1 for j in graph.jobs() if j.resumed)
         if graph.finished:
             echo(f"nothing to do: {summary.resumed} job(s) already done" if summary.resumed else
                  "nothing to do: no quanta (are there inputs in the repository? see `twinkles status`)")
@@ -332,10 +331,10 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
         if dfk is not None:
             dfk.cleanup()
         summary.wall_s = time.time() - t0
-        summary.counts = graph.counts()
+        summary.counts = graph.counts() if graph is not None else {}
         summary.failures = [(j.label, j.error, log_relpath(run, j.stage, j.key, j.attempt))
-                            for j in graph.jobs() if j.status == "failed"]
-        for name, st in graph.stages.items():
+                            for j in (graph.jobs() if graph is not None else []) if j.status == "failed"]
+        for name, st in (graph.stages.items() if graph is not None else []):
             if st.planned and not st.jobs:
                 blocked = pipe.blocked_inputs.get(name)
                 why = (f"its input {blocked[0][0]} is made by {blocked[0][1]}, not implemented yet" if blocked
