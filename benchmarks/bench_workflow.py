@@ -62,11 +62,16 @@ def _measure(root: Path, executor: str, workers: int, batch: int | None) -> dict
     from twinkles.workflow.records import load_attempts, load_invocations
 
     from twinkles.repo import Repository
+    import resource
     repo = Repository(root)
+    r0s, r0c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     s = run_pipeline(root, "bench_noop", executor=executor, workers=workers, retries=0, progress=False,
                      batch=batch, run=f"bench/{executor}-{batch or 'auto'}", echo=lambda m: None)
     wall_outer = time.perf_counter() - t0
+    r1s, r1c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_self = (r1s.ru_utime + r1s.ru_stime) - (r0s.ru_utime + r0s.ru_stime)
+    cpu_children = (r1c.ru_utime + r1c.ru_stime) - (r0c.ru_utime + r0c.ru_stime)  # the interchange
     assert s.ok, s.failures
     run = f"bench/{executor}-{batch or 'auto'}"
     inv = load_invocations(repo, run)[-1]
@@ -75,7 +80,8 @@ def _measure(root: Path, executor: str, workers: int, batch: int | None) -> dict
     n = len(att)
     job_wall = sum(a["wall_s"] for a in att)
     return {"jobs": n, "wall": wall, "wall_outer": wall_outer, "job_wall_mean_ms": 1e3 * job_wall / n,
-            "overhead_ms": 1e3 * (wall * inv["workers"] - job_wall) / n, "per_job_elapsed_ms": 1e3 * wall / n}
+            "overhead_ms": 1e3 * (wall * inv["workers"] - job_wall) / n, "per_job_elapsed_ms": 1e3 * wall / n,
+            "orchestrator_cpu_ms": 1e3 * cpu_self / n, "interchange_cpu_ms": 1e3 * cpu_children / n}
 
 
 def main() -> int:
@@ -101,11 +107,12 @@ def main() -> int:
         print(f"engine overhead with no-op stages: {args.jobs} jobs, {workers} workers "
               f"({available_cores()} cores)")
         print(f"{'executor':<9} {'batch':>6} {'wall s':>8} {'job ms':>8} {'elapsed/job ms':>15} "
-              f"{'overhead/job ms':>16}")
+              f"{'overhead/job ms':>16} {'orchestrator CPU/job ms':>24} {'interchange CPU/job ms':>23}")
         for executor, batch in (("local", None), ("local", 1), ("threads", None)):
             r = _measure(tmp / "repo", executor, workers, batch)
             print(f"{executor:<9} {batch or 'auto':>6} {r['wall']:>8.2f} {r['job_wall_mean_ms']:>8.2f} "
-                  f"{r['per_job_elapsed_ms']:>15.2f} {r['overhead_ms']:>16.2f}")
+                  f"{r['per_job_elapsed_ms']:>15.2f} {r['overhead_ms']:>16.2f} {r['orchestrator_cpu_ms']:>24.2f} "
+                  f"{r['interchange_cpu_ms']:>23.2f}")
             if executor == "local" and batch is None:
                 ok = r["overhead_ms"] <= 50.0
                 print(f"  -> default executor: {r['overhead_ms']:.1f} ms of worker-slot time per job beyond the job "
