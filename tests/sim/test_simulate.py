@@ -276,3 +276,11 @@ def test_simulate_command_end_to_end(tmp_path, capsys):
     vt = repo.get("visit_table")
     assert list(vt["band"]) == ["g", "r", "i"] and np.all(vt["nCosmicRays"] == 0)
     assert (repo.get("truth_catalog")["type"] == "sn").sum() == 2
+
+
+def test_simulate_refuses_to_mix_fields(tmp_path, capsys):
+    path = str(tmp_path / "r")
+    assert main(["simulate", path, "--visits", "2", "--size", "128", "--quiet"]) == 0
+    assert main(["simulate", path, "--visits", "2", "--size", "128", "--quiet"]) == 0  # same visits: rewritten
+    assert main(["simulate", path, "--visits", "1", "--size", "128", "--quiet"]) == 2
+    assert "already holds eimages" in capsys.readouterr().err

@@ -304,6 +304,20 @@ def load_simulation(repo: Repository | str | Path):
     return cfg, sky, rows, VisitRenderer(cfg, sky, int(sim["seed"]))
 
 
+def _check_no_stale_visits(repo_path, visits: set) -> None:
+    """Refuse to write into a repository holding eimages of other visits: they would mix with the new field."""
+    try:
+        existing = Repository(repo_path)
+    except Exception:  # noqa: BLE001 - not a repository yet
+        return
+    old = {r.data_id["visit"] for r in existing.query("eimage", runs=[RAW_RUN])}
+    stale = sorted(old - visits)
+    if stale:
+        raise SimulationInputError(
+            f"{repo_path}: the repository already holds eimages of {len(stale)} visit(s) this simulation would not "
+            f"rewrite (e.g. visit {stale[0]}); simulate into a new directory or remove this one")
+
+
 def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, opsim: str | Path | None = None,
                    n_visits: int | None = None, bands: str | None = None,
                    progress: Callable[[int, int, dict], None] | None = None, **overrides) -> Repository:
@@ -313,6 +327,7 @@ def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, o
     ``progress(i, n, info)`` is called after each visit with info = {visit, band, seconds, seeing}.
     """
     cfg, cadence, sky, rows = _setup(preset, seed, opsim, n_visits, bands, overrides)
+    _check_no_stale_visits(repo_path, {r["visit"] for r in rows})
     repo = Repository.create(repo_path, repo_config_for(cfg, seed, opsim, n_visits, overrides))
     renderer = VisitRenderer(cfg, sky, seed)
     # visits grouped by true pointing so that galaxy stamps are drawn once per pointing

@@ -408,9 +408,9 @@ def make_sky_model(cfg: dict, cadence: Table, rng: np.random.Generator) -> SkyMo
         oid = add("agn", xg[k], yg[k], mean, redshift=zq, hostId=int(gal_ids[k]), isVariable=True)
         var_specs.append(("drw", oid, dict(mean=mean, x=x)))
 
-    # ---- supernovae in hosts at z < 0.8, exploding during the visits
+    # ---- supernovae in hosts at 0.1 < z < 0.6 (visible in single visits), exploding during the visits
     n_sn = int(cfg["n_sn"])
-    cand = np.flatnonzero(in_inner & (zgal > 0.05) & (zgal < 0.8))
+    cand = np.flatnonzero(in_inner & (zgal > 0.1) & (zgal < 0.6))
     cand = np.setdiff1d(cand, hosts_agn) if len(cand) > n_sn + len(hosts_agn) else cand
     if len(cand) == 0:
         cand = np.flatnonzero(in_inner) if in_inner.any() else np.arange(n_gal)
@@ -420,7 +420,7 @@ def make_sky_model(cfg: dict, cadence: Table, rng: np.random.Generator) -> SkyMo
     from astropy.cosmology import FlatLambdaCDM
     cosmo = FlatLambdaCDM(H0=70, Om0=0.3)
     for k in hosts_sn:
-        zq = float(min(max(zgal[k], 0.05), 0.8))
+        zq = float(min(max(zgal[k], 0.1), 0.6))
         off = hlr_d[k] * abs(rng.normal(0, 0.7))
         ang = rng.uniform(0, 2 * np.pi)
         t_exp = rng.uniform(t0 - 10.0 - 0.2 * span, t1 - 0.3 * span)
