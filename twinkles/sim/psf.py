@@ -28,7 +28,7 @@ import numpy as np
 from ..psf import ImageGridPSF
 from .lsst import LAMBDA_EFF_NM, fwhm_atm_from_eff, fwhm_sys
 
-__all__ = ["PSF_COLUMNS", "draw_psf_params", "PsfGrid", "psf_grid", "true_psf", "psf_profile"]
+__all__ = ["PSF_COLUMNS", "draw_psf_params", "PsfGrid", "psf_grid", "true_psf", "psf_profile", "n_eff_pixels"]
 
 PSF_COLUMNS = ("psfAtmFwhm", "psfAtmG1", "psfAtmG2", "psfAtmDG1DU", "psfAtmDG1DV", "psfAtmDG2DU", "psfAtmDG2DV",
                "psfSysFwhm", "psfSizeR2", "psfAstig", "psfLambdaNm")
@@ -156,10 +156,3 @@ def n_eff_pixels(stamp: np.ndarray) -> float:
     """Effective number of pixels of a normalised PSF stamp, 1 / sum(p^2) (the n_eff of PSF photometry)."""
     p = stamp / stamp.sum()
     return float(1.0 / np.sum(p * p))
-
-
-def fwhm_arcsec(psf: ImageGridPSF, x: float, y: float, pixel_scale_arcsec: float) -> float:
-    return float(psf.fwhm(x, y)) * pixel_scale_arcsec
-
-
-_ = math

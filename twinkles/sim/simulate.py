@@ -11,7 +11,6 @@ Reproducible: the cadence and sky model come from ``seed``; each visit's conditi
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -373,5 +372,3 @@ _VISIT_COLUMNS = ("visit", "band", "midpointMjdTai", "expTime", "airmass", "seei
                   "boresightRa", "boresightDec", "rotSkyPos", "trueCrval1", "trueCrval2", "trueRotation",
                   "wcsOffsetRa", "wcsOffsetDec", "wcsRotOffset", "skyGradX", "skyGradY", *PSF_COLUMNS,
                   "nCosmicRays", "nSaturatedPixels")
-
-_ = math
