@@ -106,3 +106,17 @@ def test_sigkill_mid_run_then_resume_gives_identical_outputs(tmp_path):
     from twinkles.workflow.status import collect_status
     invs = collect_status(repo)
     assert invs["state"] == "finished"
+
+
+def test_job_whose_worker_dies_is_failed_and_the_run_goes_on(tmp_path):
+    repo = make_repo(tmp_path / "repo", [1, 2, 3, 4])
+    s = run_pipeline(repo.root, "wf_check,wf_down", executor="local", workers=2, retries=0, progress=False,
+                     overrides={"wf_check.die_visits": "2"})  # the process exits at once, as if OOM-killed
+    rows = {(r["stage"], r["visit"]): r for r in job_rows(repo)}
+    assert rows[("wf_check", 2)]["status"] == "failed" and "worker lost" in rows[("wf_check", 2)]["error"]
+    assert rows[("wf_down", 2)]["status"] == "skipped-upstream"
+    assert all(rows[(st, v)]["status"] == "done" for st in ("wf_check", "wf_down") for v in (1, 3, 4))
+    # the dead job's log is kept (what it wrote before dying, and why it ended)
+    log = (repo.root / rows[("wf_check", 2)]["log_path"]).read_text()
+    assert log.startswith("# twinkles job: stage wf_check visit=2") and "worker lost" in log
+    assert s.n_failed == 1 and repo.check()["temporary_files"] == 0

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..repo import Repository, RepositoryError
+from ..repo.storage import TMP_MARKER
 from ..stages import StageError
 from ..stages.runner import default_output_run, find_quanta
 from .graph import JobGraph
@@ -388,7 +389,7 @@ def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries
             break
         finished, _ = cf.wait(list(inflight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
         for fut in finished:
-            _collect(repo, graph, store, inflight.pop(fut), fut, retries, est)
+            _collect(repo, run, graph, store, inflight.pop(fut), fut, retries, est)
         new = graph.take_new_jobs()
         store.add_pending(new)
         skipped = graph.take_changed()
@@ -400,15 +401,29 @@ def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries
             bar.refresh()
 
 
-def _collect(repo, graph, store, jobs, fut, retries, est) -> None:
+def _salvage_log(path: Path, error: str) -> bool:
+    """A job whose worker died left its log under a temporary name: keep it under its final name, with why."""
+    tmps = sorted(path.parent.glob(f"{path.name}{TMP_MARKER}*"), key=lambda p: p.stat().st_mtime)
+    if not tmps:
+        return False
+    with open(tmps[-1], "a") as f:
+        f.write(f"# {error}\n")
+    os.replace(tmps[-1], path)
+    return True
+
+
+def _collect(repo, run, graph, store, jobs, fut, retries, est) -> None:
     try:
         results = list(fut.result())
         lost = ""
     except Exception as exc:  # noqa: BLE001 - the worker (not the stage) failed: lost worker, killed by OOM...
         results, lost = [], f"{type(exc).__name__}: {exc}"
     while len(results) < len(jobs):
-        results.append({"status": "failed", "outputs": [], "error": "worker lost before the job finished "
-                        f"(killed, e.g. out of memory?){': ' + lost if lost else ''}"[:1000]})
+        job = jobs[len(results)]
+        error = f"worker lost before the job finished (killed, e.g. out of memory?){': ' + lost if lost else ''}"
+        log = log_relpath(run, job.stage, job.key, job.attempt)
+        results.append({"status": "failed", "outputs": [], "error": error[:1000],
+                        "log_path": log if _salvage_log(repo.root / log, error) else None})
     done_refs = [ref for res in results if res["status"] == "done" for ref in JobStore.refs_of(res)]
     try:
         repo.register(done_refs)
