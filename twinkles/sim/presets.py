@@ -79,8 +79,6 @@ def get_preset(name: str, **overrides) -> dict:
         raise SimulationInputError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     cfg = copy.deepcopy(PRESETS[name])
     for key, value in overrides.items():
-        if value is None:
-            continue
         if key not in cfg:
             raise SimulationInputError(f"unknown simulation option {key!r}; options: {', '.join(sorted(cfg))}")
         cfg[key] = value

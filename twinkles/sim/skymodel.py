@@ -246,6 +246,32 @@ def _disk_positions(rng, n, radius_arcsec):
     return r * np.cos(t), r * np.sin(t)
 
 
+class _InnerRegion:
+    """Where sprinkled objects go so that they are inside the image in every visit: the detector square (minus
+    margins) on the sky when the camera rotation is fixed, else its inscribed circle (``half`` arcsec)."""
+
+    def __init__(self, half: float, rotation_deg: float | None):
+        self.half, self.rot = half, rotation_deg
+
+    def _to_pixel_frame(self, xi, eta):
+        t = math.radians(self.rot)
+        # inverse of (xi, eta) = [[-cos, sin], [sin, cos]] (dx, dy): the matrix is its own inverse
+        return -math.cos(t) * xi + math.sin(t) * eta, math.sin(t) * xi + math.cos(t) * eta
+
+    def sample(self, rng, n, shrink: float = 1.0, margin: float = 0.0):
+        half = max(self.half * shrink - margin, 1.0)
+        if self.rot is None:
+            return _disk_positions(rng, n, half)
+        dx, dy = rng.uniform(-half, half, n), rng.uniform(-half, half, n)
+        return self._to_pixel_frame(dx, dy)
+
+    def contains(self, xi, eta):
+        if self.rot is None:
+            return np.hypot(xi, eta) < self.half
+        dx, dy = self._to_pixel_frame(np.asarray(xi), np.asarray(eta))
+        return (np.abs(dx) < self.half) & (np.abs(dy) < self.half)
+
+
 class _Builder:
     def __init__(self):
         self.rows: list[dict] = []
@@ -266,6 +292,9 @@ def make_sky_model(cfg: dict, cadence: Table, rng: np.random.Generator) -> SkyMo
     inner = 0.5 * min(width, height) * scale - 6.0 - dither              # always inside the image
     if inner <= 2.0:
         inner = 0.4 * min(width, height) * scale
+    rots = np.asarray(cadence["rotSkyPos"], dtype=float)
+    fixed_rot = float(rots[0]) if len(rots) and np.ptp(rots) == 0 else None
+    region = _InnerRegion(inner, fixed_rot)
     area_arcmin2 = math.pi * cover ** 2 / 3600.0
     b = _Builder()
     xi_l, eta_l, mags_l, extra_l = [], [], [], []
@@ -286,11 +315,11 @@ def make_sky_model(cfg: dict, cadence: Table, rng: np.random.Generator) -> SkyMo
     xs, ys = _disk_positions(rng, n_real, cover)
     blo, bhi = cfg["bright_star_mag_range"]
     r_bright = rng.uniform(blo, bhi, int(cfg["n_bright_stars"]))
-    xb, yb = _disk_positions(rng, len(r_bright), inner)
+    xb, yb = region.sample(rng, len(r_bright))
     n_sat = int(cfg["n_saturated_stars"]) if cfg.get("saturated_stars", True) else 0
     slo, shi = cfg["saturated_star_mag_range"]
     r_sat = rng.uniform(slo, shi, n_sat)
-    xsat, ysat = _disk_positions(rng, n_sat, inner * 0.8)
+    xsat, ysat = region.sample(rng, n_sat, shrink=0.8)
     r_all = np.concatenate([r_real, r_bright, r_sat])
     x_all, y_all = np.concatenate([xs, xb, xsat]), np.concatenate([ys, yb, ysat])
     smags = _star_mags(rng, r_all)
@@ -300,7 +329,7 @@ def make_sky_model(cfg: dict, cadence: Table, rng: np.random.Generator) -> SkyMo
     # ---- periodic variable stars (RR Lyrae-like)
     var_specs = []
     n_rr = int(cfg["n_var_stars"])
-    xr, yr = _disk_positions(rng, n_rr, inner)
+    xr, yr = region.sample(rng, n_rr)
     for k in range(n_rr):
         faint = rng.uniform(18.0, 21.0)
         amp_r = rng.uniform(0.5, 0.9)
@@ -344,7 +373,7 @@ def make_sky_model(cfg: dict, cadence: Table, rng: np.random.Generator) -> SkyMo
         gal_ids.append(add("galaxy", xg[k], yg[k], {bb: 31.4 - 2.5 * math.log10(tot[bb]) for bb in BANDS},
                            **extra))
     gal_ids = np.array(gal_ids, dtype=np.int64)
-    in_inner = np.hypot(xg, yg) < inner
+    in_inner = region.contains(xg, yg)
 
     # ---- lensed quasars: lens galaxy + 2 or 4 images
     t_all = np.asarray(cadence["mjd"], dtype=float)
@@ -352,7 +381,7 @@ def make_sky_model(cfg: dict, cadence: Table, rng: np.random.Generator) -> SkyMo
     lens_pos = []
     for k in range(n_lens):
         for _ in range(100):
-            lx, ly = _disk_positions(rng, 1, max(inner - 4.0, 1.0))
+            lx, ly = region.sample(rng, 1, margin=4.0)
             if all(math.hypot(lx[0] - p[0], ly[0] - p[1]) > 15 for p in lens_pos):
                 break
         lens_pos.append((lx[0], ly[0]))
