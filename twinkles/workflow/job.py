@@ -118,10 +118,6 @@ def execute_job(repo_root: str, run: str, input_runs: list[str], spec: dict, iso
     pid, log_path}. ``isolated``: the job has the process to itself (HTEX worker): its stdout/stderr and all
     logging go to the job log, CPU and peak RSS are the process's.
     """
-    from ..repo import Repository
-    from ..stages import apply_config_overrides
-    from ..stages.runner import run_quantum_once
-
     root = Path(repo_root)
     log_path = root / spec["log_path"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +147,11 @@ def execute_job(repo_root: str, run: str, input_runs: list[str], spec: dict, iso
         with contextlib.ExitStack() as stack:
             for r in redirect:
                 stack.enter_context(r)
+            # imported here, in the measured time: a worker's first job pays for loading the stack
+            from ..repo import Repository
+            from ..stages import apply_config_overrides
+            from ..stages.runner import run_quantum_once
+
             module = importlib.import_module(spec["module"])
             config = apply_config_overrides(module.Config(), spec.get("overrides") or {}, spec["stage"])
             repo = Repository(root)
