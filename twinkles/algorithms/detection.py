@@ -21,8 +21,7 @@ __all__ = ["DetectionResult", "gaussian_kernel", "significance_image", "detect_s
 
 #: structured-array columns of DetectionResult.sources
 SOURCE_DTYPE = [("id", "i8"), ("x", "f8"), ("y", "f8"), ("x_peak", "i4"), ("y_peak", "i4"),
-                ("significance", "f8"), ("npix", "i4"), ("parent_id", "i8"), ("n_child", "i4"),
-                ("flux_iso", "f8")]
+                ("significance", "f8"), ("npix", "i4"), ("parent_id", "i8"), ("n_child", "i4")]
 
 
 @dataclass
@@ -130,9 +129,14 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
         sat_x = np.full(len(val), np.nan)
         sat_y = np.full(len(val), np.nan)
         if n_sat:
-            sat_only = np.where(np.asarray(saturated, bool), sat_lab, 0)
-            idx = np.arange(1, n_sat + 1)
-            cy_, cx_ = (np.asarray(c) for c in zip(*ndimage.center_of_mass(np.ones_like(sat_only), sat_only, idx)))
+            sat_b = np.asarray(saturated, bool)
+            cx_, cy_ = np.zeros(n_sat), np.zeros(n_sat)
+            for k, sl in enumerate(ndimage.find_objects(sat_lab)):
+                if sl is None:
+                    continue
+                yy, xx = np.nonzero((sat_lab[sl] == k + 1) & sat_b[sl])
+                if len(yy):
+                    cy_[k], cx_[k] = yy.mean() + sl[0].start, xx.mean() + sl[1].start
             for k in np.unique(on[on > 0]):
                 members = np.nonzero(on == k)[0]
                 best = members[np.argmax(val[members])]
@@ -163,7 +167,6 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
     if n:
         npix_all = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
         sources["npix"] = npix_all[foot]
-        sources["flux_iso"] = ndimage.sum_labels(image, labels, foot) if n else 0.0
         counts = np.bincount(foot, minlength=int(foot.max()) + 1)
         sources["parent_id"] = foot
         sources["n_child"] = np.where(counts[foot] > 1, counts[foot], 0)

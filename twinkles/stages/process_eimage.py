@@ -67,7 +67,7 @@ class DetectionConfig:
     cosmic_rays: bool = True  # find and interpolate cosmic rays (astroscrappy)
     cr_sigclip: float = 5.0  # L.A.Cosmic Laplacian threshold, sigma
     cr_objlim: float = 5.0  # L.A.Cosmic contrast limit protecting star cores
-    cr_niter: int = 2  # L.A.Cosmic iterations
+    cr_niter: int = 1  # L.A.Cosmic iterations (a second one finds < 5% more CR pixels here, at twice the cost)
     saturation_e: float = 0.0  # saturation level, electrons; 0 = from the eimage metadata
     initial_fwhm_arcsec: float = 0.0  # first-guess seeing; 0 = the visit's reported seeing, else 0.8
 
