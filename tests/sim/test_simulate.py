@@ -95,9 +95,9 @@ def test_tiny_field_holds_every_kind_of_object(tiny_repo):
     assert len(exploding) >= 1
 
 
-def _isolated_stars(repo, state, i, row, exp, min_snr=50.0, radius=8.0):
-    """Bright unsaturated stars (S/N > min_snr in a ``radius`` aperture) whose aperture holds < 0.3 sigma of
-    light from anything else, away from saturated stars."""
+def _isolated_stars(repo, state, i, row, exp, min_snr=50.0, radius=8.0, max_contamination=0.3):
+    """Bright unsaturated stars (S/N > min_snr in a ``radius`` aperture) whose aperture holds less than
+    ``max_contamination`` sigma of light from anything else (known from the truth), away from saturated stars."""
     cfg, sky, rows, renderer = state
     model = renderer.model_image(row, i)
     x, y = renderer.positions()
@@ -119,15 +119,16 @@ def _isolated_stars(repo, state, i, row, exp, min_snr=50.0, radius=8.0):
         sl = (slice(iy - 15, iy + 16), slice(ix - 15, ix + 16))
         sigma = math.sqrt(exp.variance[sl][ap].sum())
         signal = own[sl][ap].sum()
-        if signal / sigma < min_snr or (model - own)[sl][ap].sum() > 0.3 * sigma:
+        others = (model - own)[sl]
+        if signal / sigma < min_snr or others[ap].sum() > max_contamination * sigma:
             continue
-        out.append(dict(k=k, x=x[k], y=y[k], fe=fe, own=own, sl=sl, ap=ap, sigma=sigma))
+        out.append(dict(k=k, x=x[k], y=y[k], fe=fe, own=own, sl=sl, ap=ap, sigma=sigma, others=others))
     return out
 
 
 def test_star_aperture_fluxes_match_truth(clean_repo, clean_state):
     """Aperture flux (r = 8 px = 1.6") of isolated bright stars minus the true sky, against the truth flux times
-    the enclosed fraction of the true PSF: pulls have mean 0 and sd 1."""
+    the enclosed fraction of the true PSF (plus the known faint light of neighbours): pulls have mean 0, sd 1."""
     pulls = []
     for i, row in enumerate(_visit_rows(clean_repo)):
         exp = clean_repo.get("eimage", {"visit": row["visit"], "detector": 0})
@@ -136,10 +137,11 @@ def test_star_aperture_fluxes_match_truth(clean_repo, clean_state):
             measured = (exp.image[s["sl"]] - sky[s["sl"]])[s["ap"]].sum()
             expected = s["own"][s["sl"]][s["ap"]].sum()
             assert 0.9 * s["fe"] < expected < s["fe"]  # the aperture holds ~95% of the light
-            pulls.append((measured - expected) / s["sigma"])
+            # the (< 0.3 sigma) light of neighbours is known from the truth: count it in, not as a bias
+            pulls.append((measured - expected - s["others"][s["ap"]].sum()) / s["sigma"])
     pulls = np.array(pulls)
     tol_mean, tol_sd = _pull_tolerances(len(pulls))
-    assert len(pulls) >= 60
+    assert len(pulls) >= 40
     assert abs(pulls.mean()) < tol_mean
     assert abs(pulls.std() - 1.0) < tol_sd
 
@@ -149,11 +151,13 @@ def test_psf_fwhm_of_stacked_stars_matches_visit_seeing(clean_repo, clean_state)
         exp = clean_repo.get("eimage", {"visit": row["visit"], "detector": 0})
         sky = clean_state[3].sky_image(row)
         stack = np.zeros((41, 41))
-        stars = _isolated_stars(clean_repo, clean_state, i, row, exp, min_snr=150.0)
-        assert len(stars) >= 10
+        stars = _isolated_stars(clean_repo, clean_state, i, row, exp, min_snr=100.0)
+        assert len(stars) >= 5
+        model = clean_state[3].model_image(row, i)
         for s in stars:
             ix, iy = int(round(s["x"])), int(round(s["y"]))
-            cut = (exp.image - sky)[iy - 20:iy + 21, ix - 20:ix + 21]
+            sl = (slice(iy - 20, iy + 21), slice(ix - 20, ix + 21))
+            cut = exp.image[sl] - sky[sl] - (model - s["own"])[sl]  # neighbours' light removed (truth)
             centred = ndimage.shift(cut.astype(float), (-(s["y"] - iy), -(s["x"] - ix)), order=3, mode="nearest")
             stack += centred / s["fe"]
         fwhm = measure_fwhm(stack) * 0.2
