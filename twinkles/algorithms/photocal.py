@@ -29,6 +29,9 @@ REFERENCE_BAND = {"u": "g", "g": "g", "r": "r", "i": "i", "z": "i", "y": "i"}
 COLOUR_BANDS = {"u": ("g", "r"), "g": ("g", "r"), "r": ("g", "r"), "i": ("r", "i"), "z": ("r", "i"),
                 "y": ("r", "i")}
 KOLMOGOROV_EE_SLOPE = 5.0 / 3.0
+#: 1 - EE(R) = KOLMOGOROV_TAIL_COEFF (FWHM / R)^(5/3) for a Kolmogorov PSF at R >~ 3 FWHM (fitted to GalSim's
+#: Kolmogorov profile: 0.0145 at R = 3.2 FWHM, 0.0057 at 5.3 FWHM, 0.0028 at 8 FWHM)
+KOLMOGOROV_TAIL_COEFF = 0.10
 
 
 class PhotoCalError(RuntimeError):
@@ -47,7 +50,8 @@ class ApertureCorrection:
 
 def aperture_correction(psf_flux, ap_flux_r1, ap_flux_r2, r1: float, r2: float, ap_flux_r2_err=None,
                         extrapolate: bool = True, min_stars: int = 3, clip_nsigma: float = 3.0,
-                        local_background=None, annulus=None, estimator: str = "median") -> ApertureCorrection:
+                        local_background=None, annulus=None, estimator: str = "median",
+                        fwhm_px: float | None = None) -> ApertureCorrection:
     """Aperture correction from PSF stars' PSF fluxes and aperture fluxes at radii r1 < r2 (pixels).
 
     The ratios F(R)/psfFlux are clipped at ``clip_nsigma`` (errors from ``ap_flux_r2_err``) and averaged: by their
@@ -56,6 +60,9 @@ def aperture_correction(psf_flux, ap_flux_r1, ap_flux_r2, r1: float, r2: float, 
     (per star, per pixel, e.g. the median of an ``annulus=(r_in, r_out)``), the residual local background is
     removed from both apertures after subtracting the star's own Kolmogorov wing light in the annulus
     (``F_tot A (r_in^-p - r_out^-p) / (pi (r_out^2 - r_in^2))``), iterated with the tail amplitude A.
+
+    The light beyond r2: with ``fwhm_px`` given, from Kolmogorov theory, ``A = 0.10 FWHM^(5/3)``; otherwise fitted
+    from the curve of growth between r1 and r2 (noisier: it rests on the small difference F(r2) - F(r1)).
     """
     pf = np.asarray(psf_flux, float)
     f1_raw = np.asarray(ap_flux_r1, float)
@@ -72,9 +79,12 @@ def aperture_correction(psf_flux, ap_flux_r1, ap_flux_r2, r1: float, r2: float, 
             f1 = f1_raw - math.pi * r1 ** 2 * b
             f2 = f2_raw - math.pi * r2 ** 2 * b
             res = aperture_correction(pf, f1, f2, r1, r2, ap_flux_r2_err, extrapolate, min_stars, clip_nsigma,
-                                      estimator=estimator)
+                                      estimator=estimator, fwhm_px=fwhm_px)
             m1, m2 = res.ratio_r1, res.ratio_r2
-            amp = (m2 - m1) / (m2 * r1 ** -p - m1 * r2 ** -p) if m2 > m1 > 0 else 0.0
+            if fwhm_px:
+                amp = KOLMOGOROV_TAIL_COEFF * fwhm_px ** p
+            else:
+                amp = (m2 - m1) / (m2 * r1 ** -p - m1 * r2 ** -p) if m2 > m1 > 0 else 0.0
         return res
     f1, f2 = f1_raw, f2_raw
     e2 = np.ones(len(pf)) if ap_flux_r2_err is None else np.asarray(ap_flux_r2_err, float)
@@ -100,8 +110,10 @@ def aperture_correction(psf_flux, ap_flux_r1, ap_flux_r2, r1: float, r2: float, 
         m2 = float(np.sum(w[use] * q2[use]) / np.sum(w[use]))
         err = float(1.0 / math.sqrt(np.sum(w[use])))
     tail = 0.0
-    if extrapolate and m2 > m1 > 0:
-        p = KOLMOGOROV_EE_SLOPE
+    p = KOLMOGOROV_EE_SLOPE
+    if extrapolate and fwhm_px:
+        tail = float(KOLMOGOROV_TAIL_COEFF * (fwhm_px / r2) ** p)
+    elif extrapolate and m2 > m1 > 0:
         a = (m2 - m1) / (m2 * r1 ** -p - m1 * r2 ** -p)
         tail = float(np.clip(a * r2 ** -p, 0.0, 0.05))
     factor = m2 / (1.0 - tail)

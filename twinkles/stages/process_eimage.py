@@ -85,6 +85,7 @@ class PsfConfig:
     apcorr_r1_px: float = 12.0  # aperture correction: inner radius of the curve of growth (DM calibFlux 12 px)
     apcorr_r2_px: float = 18.0  # ... outer radius ("large aperture"; larger ones gather more neighbour light)
     apcorr_extrapolate: bool = True  # add the Kolmogorov tail beyond apcorr_r2_px (1 - EE ~ R^-5/3)
+    apcorr_tail: str = "kolmogorov"  # kolmogorov: 0.10 (FWHM/R)^(5/3); growth: fitted from F(r1), F(r2)
     apcorr_estimator: str = "median"  # median | wmean (inverse-variance weighted mean) of the stars' ratios
     apcorr_local_background: bool = True  # remove the local background (annulus median) around PSF stars
     apcorr_mask_grow_px: int = 2  # other footprints are grown by this much and replaced by the star's model
@@ -293,7 +294,8 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
                                      big[pcfg.apcorr_r2_px][0], pcfg.apcorr_r1_px, pcfg.apcorr_r2_px,
                                      ap_flux_r2_err=big[pcfg.apcorr_r2_px][1], extrapolate=pcfg.apcorr_extrapolate,
                                      local_background=big.get("annulus"), annulus=annulus,
-                                     estimator=pcfg.apcorr_estimator)
+                                     estimator=pcfg.apcorr_estimator,
+                                     fwhm_px=float(psf.fwhm()) if pcfg.apcorr_tail == "kolmogorov" else None)
     except PhotoCalError as exc:
         raise fail(f"aperture correction: {exc}") from None
     src["psfFlux"] = np.asarray(src["psfFlux"]) * apcorr.factor
