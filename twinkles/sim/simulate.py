@@ -341,6 +341,7 @@ def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, o
         t0 = time.perf_counter()
         row = rows[i]
         renderer.prepare_pointing(row, "".join(sorted(bands_of_key[VisitRenderer.pointing_key(row)])))
+        renderer.release_stamps()  # every band's scene of this pointing is built: the stamps are not needed
         exposure, measured = renderer.render(row, i)
         repo.put(exposure, "eimage", {"visit": row["visit"], "detector": 0}, run=RAW_RUN)
         visit_rows[i] = dict(row, **measured)
