@@ -1,0 +1,217 @@
+"""Benchmark process_eimage on one 4k x 4k twinkles1 visit against SExtractor + PSFEx + SExtractor-with-PSF.
+
+    python benchmarks/bench_process_eimage.py [--repo REPO] [--visit 840] [--workdir DIR] [--no-peers]
+
+Without --repo, one twinkles1 visit (4096 x 4096) is simulated into WORKDIR first (not timed). Each program runs as
+its own child process; wall time, CPU time (user + system) and peak resident memory come from the kernel's rusage
+of that child (os.wait4). Ours includes Python start-up and imports, reading the eimage and writing the calexp,
+background and catalog. The peer pipeline (Debian packages ``source-extractor`` and ``psfex``; installed with
+apt-get when missing and possible, else skipped with a message) is the classic one: SExtractor to pick PSF stars
+(vignettes), PSFEx to model the PSF, SExtractor again with the PSF model for PSF photometry. It does not find
+cosmic rays nor calibrate the astrometry or photometry, which ours does; the comparison is therefore
+conservative for us. Prints a table and the ratio ours / theirs; no assertion (speed is not a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SEX_PARAMS_PSF = """X_IMAGE
+Y_IMAGE
+XWIN_IMAGE
+YWIN_IMAGE
+XPSF_IMAGE
+YPSF_IMAGE
+FLUX_PSF
+FLUXERR_PSF
+FLUX_APER(5)
+FLUXERR_APER(5)
+FLUX_AUTO
+FLUXERR_AUTO
+BACKGROUND
+X2WIN_IMAGE
+Y2WIN_IMAGE
+XYWIN_IMAGE
+FLAGS
+"""
+
+
+def run_measured(cmd: list[str], cwd: Path, log: Path) -> dict:
+    """Run ``cmd``; return wall and CPU seconds and peak RSS (MB) of that child, from os.wait4."""
+    t0 = time.perf_counter()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}; see {log}")
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024.0}
+
+
+def ensure_peers() -> tuple[str | None, str | None, str]:
+    sex = shutil.which("source-extractor") or shutil.which("sex")
+    psfex = shutil.which("psfex")
+    if sex and psfex:
+        return sex, psfex, ""
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing the Debian packages source-extractor and psfex ...", flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+        r = subprocess.run(["apt-get", "install", "-y", "-qq", "source-extractor", "psfex"], env=env,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            return None, None, f"apt-get install source-extractor psfex failed: {r.stderr.strip()[-300:]}"
+        sex = shutil.which("source-extractor") or shutil.which("sex")
+        psfex = shutil.which("psfex")
+        if sex and psfex:
+            return sex, psfex, ""
+    return None, None, ("SExtractor/PSFEx not found and cannot be installed here (needs root and apt-get): "
+                        "install the Debian packages source-extractor and psfex to compare")
+
+
+def export_for_sextractor(repo, visit: int, outdir: Path) -> dict:
+    """Write the eimage's pixels (with its header WCS) and variance as plain FITS for SExtractor."""
+    from astropy.io import fits
+
+    exp = repo.get("eimage", {"visit": visit, "detector": 0})
+    hdr = exp.wcs.to_header(relax=True) if exp.wcs is not None else fits.Header()
+    sat = float(exp.metadata.get("saturate", exp.metadata.get("saturation", 1e5)))
+    hdr["GAIN"] = 1.0
+    hdr["SATURATE"] = sat
+    fits.PrimaryHDU(exp.image, header=hdr).writeto(outdir / "image.fits", overwrite=True)
+    fits.PrimaryHDU(exp.variance).writeto(outdir / "variance.fits", overwrite=True)
+    fwhm_px = (exp.visit_info.seeing_arcsec / exp.visit_info.pixel_scale_arcsec
+               if exp.visit_info is not None else 4.0)
+    return {"saturation": sat, "fwhm_px": float(fwhm_px), "shape": exp.image.shape}
+
+
+def run_peers(sex: str, psfex: str, repo, visit: int, workdir: Path) -> dict:
+    d = workdir / "peers"
+    d.mkdir(parents=True, exist_ok=True)
+    info = export_for_sextractor(repo, visit, d)
+    log = d / "peers.log"
+    log.write_text("")
+    (d / "psf.param").write_text(SEX_PARAMS_PSF)
+    # what PSFEx needs from the first pass (Debian's prepsfex.param lacks SNR_WIN, which PSFEx 3.21 requires)
+    (d / "prepsfex.param").write_text("VIGNET(35,35)\nX_IMAGE\nY_IMAGE\nXWIN_IMAGE\nYWIN_IMAGE\nFLUX_APER(1)\n"
+                                      "FLUXERR_APER(1)\nFLUX_RADIUS\nELONGATION\nFLAGS\nSNR_WIN\n")
+    conv = "/usr/share/source-extractor/gauss_3.0_7x7.conv"
+    common = ["-WEIGHT_TYPE", "MAP_VAR", "-WEIGHT_IMAGE", "variance.fits", "-GAIN", "1.0", "-SATUR_LEVEL",
+              str(info["saturation"]), "-PIXEL_SCALE", "0.2", "-SEEING_FWHM", str(info["fwhm_px"] * 0.2),
+              "-FILTER", "Y", "-FILTER_NAME", conv, "-DETECT_THRESH", "5", "-ANALYSIS_THRESH", "5",
+              "-DETECT_MINAREA", "3", "-BACK_SIZE", "128", "-CHECKIMAGE_TYPE", "NONE", "-VERBOSE_TYPE", "QUIET",
+              "-NTHREADS", "1"]
+    steps = {}
+    steps["sextractor (PSF stars)"] = run_measured(
+        [sex, "image.fits", "-c", "/dev/null", "-CATALOG_NAME", "prepsfex.cat", "-CATALOG_TYPE", "FITS_LDAC",
+         "-PARAMETERS_NAME", "prepsfex.param", "-PHOT_APERTURES", "24"] + common, d, log)
+    steps["psfex"] = run_measured(
+        [psfex, "prepsfex.cat", "-c", "/usr/share/psfex/default.psfex", "-PSF_SIZE", "31,31",
+         "-PSFVAR_DEGREES", "2", "-CHECKPLOT_TYPE", "NONE", "-CHECKIMAGE_TYPE", "NONE", "-WRITE_XML", "N",
+         "-VERBOSE_TYPE", "QUIET", "-NTHREADS", "1"], d, log)
+    steps["sextractor (PSF photometry)"] = run_measured(
+        [sex, "image.fits", "-c", "/dev/null", "-CATALOG_NAME", "psfphot.cat", "-CATALOG_TYPE", "FITS_1.0",
+         "-PARAMETERS_NAME", "psf.param", "-PSF_NAME", "prepsfex.psf", "-PHOT_APERTURES", "6,9,12,18,24"] + common,
+        d, log)
+    from astropy.io import fits
+    with fits.open(d / "psfphot.cat") as h:
+        n = len(h[1].data)
+    return {"steps": steps, "n_sources": n}
+
+
+def run_ours(repo_path: Path, visit: int, workdir: Path) -> dict:
+    from twinkles.repo import Repository
+    log = workdir / "ours.log"
+    log.write_text("")
+    run_name = f"bench/process_eimage-{int(time.time())}"
+    step = run_measured([sys.executable, "-m", "twinkles.cli", "stage", "process_eimage", str(repo_path), "--id",
+                         f"visit={visit}", "--run", run_name], workdir, log)
+    repo = Repository(repo_path)
+    meta = repo.get("process_eimage_metadata", {"visit": visit, "detector": 0}, runs=[run_name])
+    return {"steps": {"twinkles process_eimage": step}, "metadata": meta}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repo", help="existing repository with a twinkles1-size eimage (default: simulate one)")
+    p.add_argument("--visit", type=int, default=None, help="visit to process (default: the first)")
+    p.add_argument("--workdir", default="bench-process-eimage", help="where to simulate and write")
+    p.add_argument("--no-peers", action="store_true", help="do not run SExtractor/PSFEx")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    args = p.parse_args(argv)
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    from twinkles.repo import Repository
+    if args.repo:
+        repo_path = Path(args.repo).resolve()
+    else:
+        repo_path = workdir / "twinkles1"
+        if not (repo_path / "registry.sqlite3").exists():
+            from twinkles.sim.simulate import simulate_field
+            print("simulating one twinkles1 visit (4096 x 4096) ...", flush=True)
+            t0 = time.perf_counter()
+            simulate_field(repo_path, preset="twinkles1", seed=1, n_visits=1)
+            print(f"  simulated in {time.perf_counter() - t0:.1f} s", flush=True)
+    repo = Repository(repo_path)
+    refs = repo.query("eimage")
+    if not refs:
+        print(f"no eimage in {repo_path}", file=sys.stderr)
+        return 2
+    visit = args.visit if args.visit is not None else int(refs[0].data_id["visit"])
+    shape = repo.get("eimage", {"visit": visit, "detector": 0}).image.shape
+    print(f"image: visit {visit}, {shape[1]} x {shape[0]} pixels", flush=True)
+
+    ours = run_ours(repo_path, visit, workdir)
+    results = {"visit": visit, "shape": list(shape), "ours": ours}
+    theirs = None
+    if not args.no_peers:
+        sex, psfex, why = ensure_peers()
+        if sex is None:
+            print(f"SKIPPING the SExtractor + PSFEx comparison: {why}")
+        else:
+            theirs = run_peers(sex, psfex, repo, visit, workdir)
+            results["theirs"] = theirs
+
+    def row(name, s):
+        print(f"  {name:34s} {s['wall_s']:8.2f} {s['cpu_s']:8.2f} {s['peak_rss_mb']:10.0f}")
+
+    print(f"\n  {'step':34s} {'wall s':>8s} {'CPU s':>8s} {'peak MB':>10s}")
+    for name, s in ours["steps"].items():
+        row(name, s)
+    meta = ours["metadata"]
+    tot_ours = {k: sum(s[k] for s in ours["steps"].values()) for k in ("wall_s", "cpu_s")}
+    tot_ours["peak_rss_mb"] = max(s["peak_rss_mb"] for s in ours["steps"].values())
+    if theirs:
+        for name, s in theirs["steps"].items():
+            row(name, s)
+        tot = {k: sum(s[k] for s in theirs["steps"].values()) for k in ("wall_s", "cpu_s")}
+        tot["peak_rss_mb"] = max(s["peak_rss_mb"] for s in theirs["steps"].values())
+        row("SExtractor + PSFEx + SExtractor", tot)
+        print(f"\n  ours / theirs: wall {tot_ours['wall_s'] / tot['wall_s']:.2f}x, CPU "
+              f"{tot_ours['cpu_s'] / tot['cpu_s']:.2f}x, peak memory "
+              f"{tot_ours['peak_rss_mb'] / tot['peak_rss_mb']:.2f}x (goal: <= 1.0x time, <= 2 GB)")
+        print(f"  sources: ours {meta['n_sources']}, SExtractor {theirs['n_sources']}")
+        results["ratio"] = {k: tot_ours[k] / tot[k] for k in tot}
+    print(f"\n  ours, inside the stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in meta["timings_s"].items()))
+    meas = meta["timings_s"].get("measurement", float("nan"))
+    print(f"  measurement: {meta['n_sources']} sources in {meas:.2f} s = {meta['n_sources'] / meas:.0f} sources/s "
+          f"(two passes: provisional PSF and final)")
+    print(f"  peak memory ours: {tot_ours['peak_rss_mb']:.0f} MB (goal <= 2048 MB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+    _ = np
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
