@@ -22,11 +22,8 @@ def wf_stage_env(monkeypatch):
     monkeypatch.setenv("TWINKLES_STAGE_MODULES", wf_common.ENV_VALUE)
     parts = [str(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(parts))
-    from twinkles.workflow.pipeline import register_env_stages
-    register_env_stages()
+    from twinkles.stages import STAGE_MODULES
+    for name, module in wf_common.STAGES.items():  # removed again after the test (other tests see none)
+        monkeypatch.setitem(STAGE_MODULES, name, module)
     yield
 
-
-def job_rows(repo, run="runs/l2"):
-    with repo.read_only() as conn:
-        return [dict(r) for r in conn.execute("SELECT * FROM jobs WHERE run=? ORDER BY stage, visit", (run,))]

@@ -10,8 +10,7 @@ import sys
 import time
 
 import psutil
-from conftest import job_rows
-from wf_common import make_repo
+from wf_common import job_rows, make_repo
 
 from twinkles.workflow import run_pipeline
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import job_rows
-from wf_common import make_eimage, make_repo
+from wf_common import job_rows, make_eimage, make_repo
 
 from twinkles.cli import main
 from twinkles.workflow import run_pipeline

@@ -58,3 +58,9 @@ def make_repo(root, visits, bad: dict | None = None) -> Repository:
             data = path.read_bytes()
             path.write_bytes(data[:2880] + b"\x00garbage" * 50)  # a truncated FITS file
     return repo
+
+
+def job_rows(repo, run="runs/l2") -> list[dict]:
+    """The job records of a run, as dicts, by stage and visit."""
+    with repo.read_only() as conn:
+        return [dict(r) for r in conn.execute("SELECT * FROM jobs WHERE run=? ORDER BY stage, visit", (run,))]
