@@ -123,3 +123,12 @@ def test_simulate_cli_user_errors(tmp_path, capsys):
     assert "ugrizy" in capsys.readouterr().err
     assert main(["simulate", repo, "--set", "no_such_option=3"]) == 2
     assert "unknown simulation option" in capsys.readouterr().err
+
+
+def test_simulate_cli_option_type_errors(tmp_path, capsys):
+    repo = str(tmp_path / "r")
+    for args, message in ((["--seed", "-3"], "non-negative integer"), (["--set", "size=abc"], "expected a number"),
+                          (["--set", "cosmic_rays=3"], "true or false"),
+                          (["--set", "night_gap_days=[1]"], "list of 2 numbers")):
+        assert main(["simulate", repo, "--quiet", *args]) == 2
+        assert message in capsys.readouterr().err

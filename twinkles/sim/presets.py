@@ -73,6 +73,33 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def _checked(key: str, value, default):
+    """``value`` if it has the kind of ``default`` (numbers for numbers, pairs for pairs, ...), else an error."""
+    def bad(kind):
+        return SimulationInputError(f"option {key}={value!r}: expected {kind} (default {default!r})")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if key == "rot_sky_pos_deg" and value is None:
+            return None  # random rotation per visit
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise bad(f"a list of {len(default)} numbers, e.g. {list(default)}")
+        return tuple(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return dict(default, **value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise bad("a string")
+    return value
+
+
 def get_preset(name: str, **overrides) -> dict:
     """A copy of preset ``name`` with ``overrides`` applied (unknown keys are an error)."""
     if name not in PRESETS:
@@ -81,7 +108,7 @@ def get_preset(name: str, **overrides) -> dict:
     for key, value in overrides.items():
         if key not in cfg:
             raise SimulationInputError(f"unknown simulation option {key!r}; options: {', '.join(sorted(cfg))}")
-        cfg[key] = value
+        cfg[key] = _checked(key, value, cfg[key])
     if int(cfg["size"]) < 64:
         raise SimulationInputError(f"size={cfg['size']}: the detector must be at least 64 pixels across")
     if int(cfg["psf_stamp_px"]) % 2 == 0:

@@ -274,6 +274,8 @@ def _setup(preset, seed, opsim, n_visits, bands, overrides):
         overrides["n_visits"] = int(n_visits)
     cfg = get_preset(preset, **overrides)
     cfg["width"] = cfg["height"] = int(cfg["size"])
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SimulationInputError(f"seed={seed!r}: use a non-negative integer")
     seed = int(seed)
     rng_cad, rng_sky = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)[:2])
     if opsim is not None:
