@@ -147,3 +147,12 @@ def test_l2_pipeline_names_stages_not_implemented(tmp_path):
     assert p.names == [s for s in PIPELINES["l2"] if s in available_stages()]
     assert p.missing == [s for s in PIPELINES["l2"] if s not in available_stages()]
     assert set(PIPELINES["l2"]) == set(PIPELINES["static"]) | set(PIPELINES["dia"])
+
+
+def test_slurm_without_sbatch_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import shutil
+    if shutil.which("sbatch"):
+        pytest.skip("sbatch exists here: this is a cluster")
+    repo = make_repo(tmp_path / "repo", [1])
+    assert main(["run", str(repo.root), "--pipeline", "wf_check", "--executor", "slurm"]) == 2
+    assert "`sbatch` is not on PATH" in capsys.readouterr().err

@@ -271,11 +271,22 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
         return _orchestrate(repo, run, pipe, executor, workers, retries, query or {}, progress, batch, echo)
 
 
+def _check_submit_command(config) -> None:
+    """Fail early, with a message, when a batch-system config is used where its submit command is missing."""
+    import shutil
+    for ex in config.executors:
+        provider = getattr(ex, "provider", None)
+        if type(provider).__name__ == "SlurmProvider" and shutil.which("sbatch") is None:
+            raise WorkflowError("this Parsl config submits Slurm jobs but `sbatch` is not on PATH: run `twinkles "
+                                "run --executor slurm` on the cluster's login node (or use --executor local)")
+
+
 def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, batch, echo) -> RunSummary:
     store = JobStore(repo, run)
     previous = store.previous_states()
     run_dir = repo.root / "runinfo"
     config, n_workers, isolated = build_parsl_config(executor, run_dir, workers)
+    _check_submit_command(config)
     label = executor if executor in EXECUTORS else str(Path(executor).resolve())
     configs = {s.name: _config_dict(s.config) for s in pipe.stages}
     before = store.previous_configs()
