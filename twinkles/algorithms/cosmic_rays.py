@@ -41,8 +41,10 @@ def find_cosmic_rays(image: np.ndarray, background: np.ndarray, variance: np.nda
     """
     data = np.ascontiguousarray(image + background, dtype=np.float32)
     inmask = np.zeros(data.shape, bool) if bad_mask is None else np.ascontiguousarray(bad_mask, dtype=bool)
-    var = np.ascontiguousarray(np.where(np.isfinite(variance) & (variance > 0), variance,
-                                        np.nanmedian(variance)), dtype=np.float32)
+    var = np.ascontiguousarray(variance, dtype=np.float32)
+    bad_var = ~(np.isfinite(var) & (var > 0))
+    if bad_var.any():
+        var = np.where(bad_var, np.nanmedian(np.where(bad_var, np.nan, var)[::4, ::4]), var).astype(np.float32)
     satlevel = float(saturation) if np.isfinite(saturation) else float(np.nanmax(data) * 10 + 1e6)
     bkg32 = np.ascontiguousarray(background, dtype=np.float32)
     kwargs = dict(sigclip=sigclip, sigfrac=sigfrac, objlim=objlim, gain=1.0, readnoise=read_noise,
@@ -87,7 +89,7 @@ def find_cosmic_rays(image: np.ndarray, background: np.ndarray, variance: np.nda
                 places.append((r, c, y0, x0))
             # pixels outside the image inside a border tile: sky level, masked
             fill = mos["mask"] & (mos["var"] == 0)
-            mos["var"][fill] = float(np.median(var))
+            mos["var"][fill] = float(np.median(var[::8, ::8]))
             cm, cl = astroscrappy.detect_cosmics(mos["data"], inmask=mos["mask"], inbkg=mos["bkg"], invar=mos["var"],
                                                  **kwargs)
             cm = np.asarray(cm, bool)

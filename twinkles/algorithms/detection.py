@@ -42,31 +42,36 @@ def gaussian_kernel(sigma_px: float) -> np.ndarray:
 
 
 def significance_image(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
-                       bad: np.ndarray | None = None) -> np.ndarray:
+                       bad: np.ndarray | None = None, truncate: float = 3.0) -> np.ndarray:
     """Matched-filter S/N of a point source at every pixel, for a Gaussian PSF of width ``psf_sigma_px``.
 
     ``S/N = (K * (I/V)) / sqrt(K^2 * (1/V))`` with K the normalised Gaussian; K^2 is a Gaussian of width
-    sigma/sqrt(2) times 1/(4 pi sigma^2), so both terms are separable Gaussian filters.
+    sigma/sqrt(2) times 1/(4 pi sigma^2), so both terms are separable Gaussian filters (truncated at
+    ``truncate`` sigma). Pixels that are ``bad``, non-finite or without positive variance get zero weight.
     """
+    image = np.asarray(image, np.float32)
+    variance = np.asarray(variance, np.float32)
     inv = np.zeros(image.shape, np.float32)
-    ok = np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+    np.divide(1.0, variance, out=inv, where=variance > 0)
+    weighted = image * inv
+    bad_any = ~np.isfinite(weighted)
     if bad is not None:
-        ok &= ~bad
-    inv[ok] = 1.0 / variance[ok]
-    num = ndimage.gaussian_filter(np.where(ok, image, 0.0).astype(np.float32) * inv, psf_sigma_px,
-                                  mode="constant", truncate=4.0)
-    den = ndimage.gaussian_filter(inv, psf_sigma_px / math.sqrt(2.0), mode="constant", truncate=4.0)
-    den /= 4.0 * math.pi * psf_sigma_px ** 2
+        bad_any |= bad
+    if bad_any.any():
+        inv[bad_any] = 0.0
+        weighted[bad_any] = 0.0
+    num = ndimage.gaussian_filter(weighted, psf_sigma_px, mode="constant", truncate=truncate)
+    den = ndimage.gaussian_filter(inv, psf_sigma_px / math.sqrt(2.0), mode="constant", truncate=truncate)
+    den *= np.float32(1.0 / (4.0 * math.pi * psf_sigma_px ** 2))
     snr = np.zeros(image.shape, np.float32)
-    pos = den > 0
-    snr[pos] = num[pos] / np.sqrt(den[pos])
+    np.divide(num, np.sqrt(den), out=snr, where=den > 0)
     return snr
 
 
 def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float, threshold: float = 5.0,
                    ignore: np.ndarray | None = None, min_pixels: int = 3, min_prominence: float = 3.0,
                    min_prominence_frac: float = 0.0, grow_sigma: float = 2.4,
-                   saturated: np.ndarray | None = None) -> DetectionResult:
+                   saturated: np.ndarray | None = None, find_peaks: bool = True) -> DetectionResult:
     """Detect sources on a background-subtracted ``image`` with per-pixel ``variance``.
 
     ``psf_sigma_px``: Gaussian sigma of the smoothing kernel (the PSF's, pixels); ``threshold``: in sigma of the
@@ -77,7 +82,8 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
     ``min_prominence_frac`` of its height. The DETECTED plane is the footprints grown by ``grow_sigma`` PSF
     sigmas (DM's nSigmaToGrow). ``saturated``: bool map of saturated pixels and bleed trails; all peaks on one
     connected saturated region (grown by 2 pixels) become a single source placed at the region's centroid (a
-    saturated star's plateau and trail have many flat local maxima).
+    saturated star's plateau and trail have many flat local maxima). With ``find_peaks=False`` only the
+    footprints are made (e.g. to mask sources for a background estimate).
     """
     image = np.asarray(image, dtype=np.float32)
     variance = np.asarray(variance, dtype=np.float32)
@@ -91,6 +97,9 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
         small[0] = False
         if small.any():
             labels[small[labels]] = 0
+    if not find_peaks:
+        return DetectionResult(np.zeros(0, dtype=SOURCE_DTYPE), labels.astype(np.int32), labels > 0,
+                               float(threshold))
     # peaks: local maxima (3x3) inside footprints
     local_max = (snr == ndimage.maximum_filter(snr, size=3, mode="constant", cval=-np.inf)) & (labels > 0)
     yp, xp = np.nonzero(local_max)
