@@ -102,9 +102,13 @@ def test_sigkill_mid_run_then_resume_gives_identical_outputs(tmp_path):
     for key in want:
         assert got[key] == want[key], key
     assert repo.check() == {"missing_files": 0, "temporary_files": 0}
+    from twinkles.workflow.records import load_attempts, load_invocations
     from twinkles.workflow.status import collect_status
-    invs = collect_status(repo)
-    assert invs["state"] == "finished"
+    assert collect_status(repo)["state"] == "finished"
+    killed, resumed = load_invocations(repo, "runs/l2")
+    assert killed["status"] == "interrupted" and resumed["status"] == "finished"
+    # the killed invocation ends with its last recorded job, not when it was found dead
+    assert killed["end"] == max(a["end"] for a in load_attempts(repo, "runs/l2") if a["invocation"] == killed["id"])
 
 
 def test_job_whose_worker_dies_is_failed_and_the_run_goes_on(tmp_path):

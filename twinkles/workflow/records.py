@@ -128,8 +128,10 @@ class JobStore:
                          workers: int, configs: dict | None = None) -> int:
         with self.repo.connect() as conn:
             # an earlier invocation killed mid-way left "running" rows: they are pending again
-            conn.execute("UPDATE workflow_invocations SET status='interrupted', end=COALESCE(end, ?) "
-                         "WHERE status='running'", (time.time(),))
+            # (its end: that of its last recorded job, so the time it lay dead does not count as its wall time)
+            conn.execute("UPDATE workflow_invocations SET status='interrupted', end=COALESCE(end, "
+                         "(SELECT MAX(a.end) FROM job_attempts a WHERE a.invocation = workflow_invocations.id), "
+                         "start) WHERE status='running'")
             conn.execute("UPDATE jobs SET status='pending' WHERE run=? AND status='running'", (self.run,))
             cur = conn.execute(
                 "INSERT INTO workflow_invocations(run, pipeline, stages, missing_stages, executor, workers, host, "
