@@ -156,3 +156,18 @@ def test_slurm_without_sbatch_is_a_clear_error(tmp_path, monkeypatch, capsys):
     repo = make_repo(tmp_path / "repo", [1])
     assert main(["run", str(repo.root), "--pipeline", "wf_check", "--executor", "slurm"]) == 2
     assert "`sbatch` is not on PATH" in capsys.readouterr().err
+
+
+def test_second_run_on_the_same_repository_is_refused(tmp_path):
+    import fcntl
+
+    from twinkles.workflow import WorkflowError
+
+    repo = make_repo(tmp_path / "repo", [1])
+    with open(repo.root / ".workflow.lock", "a+") as f:  # as a running `twinkles run` holds it
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.write("pid 12345 on elsewhere\n")
+        f.flush()
+        with pytest.raises(WorkflowError, match="another `twinkles run` is working on this repository"):
+            run_pipeline(repo.root, "wf_check", executor="threads", progress=False)
+    assert run_pipeline(repo.root, "wf_check", executor="threads", progress=False).ok  # released: runs
