@@ -8,7 +8,7 @@ from pe_synthetic import make_field, tan_wcs
 
 from twinkles.algorithms.astrometry import AstrometryError, fit_astrometry, fit_tan_sip
 from twinkles.algorithms.photocal import (PhotoCalError, aperture_correction, fit_zero_point,
-                                          reference_magnitudes)
+                                          reference_magnitudes, stellar_locus_offset)
 from twinkles.algorithms.psf_model import PsfFitError, fit_pixel_psf, select_psf_stars
 from twinkles.measure import adaptive_moments
 from twinkles.measure.moments import moments_from_stamps, moments_to_fwhm
@@ -137,8 +137,15 @@ def test_reference_band_mapping():
     ref = Table({"g_flux": [1000.0], "g_fluxErr": [10.0], "r_flux": [2000.0], "r_fluxErr": [20.0],
                  "i_flux": [3000.0], "i_fluxErr": [30.0]})
     for band, src in (("u", "g"), ("g", "g"), ("r", "r"), ("i", "i"), ("z", "i"), ("y", "i")):
-        mag, _, _ = reference_magnitudes(ref, band)
+        mag, _, _ = reference_magnitudes(ref, band, transform="none")
         assert mag[0] == pytest.approx(31.4 - 2.5 * math.log10(float(ref[f"{src}_flux"][0])))
+    # stellar-locus transformation: a g - r = 0.75 star has u - g ~ 1.8 (Covey et al. 2007)
+    gr = 2.5 * math.log10(2000.0 / 1000.0)
+    mag_u, _, _ = reference_magnitudes(ref, "u")
+    assert mag_u[0] - (31.4 - 2.5 * math.log10(1000.0)) == pytest.approx(stellar_locus_offset("u", gr))
+    assert 1.6 < stellar_locus_offset("u", gr) < 2.0
+    mag_g, _, _ = reference_magnitudes(ref, "g")
+    assert mag_g[0] == pytest.approx(31.4 - 2.5 * math.log10(1000.0))
 
 
 def test_aperture_correction_with_kolmogorov_tail():
@@ -155,3 +162,7 @@ def test_aperture_correction_with_kolmogorov_tail():
     # total / psf-box flux recovered to better than 0.3% (without the tail it would be off by ~0.8%)
     assert abs(ac.factor * psf_box / img.sum() - 1) < 0.003
     assert 0.003 < ac.tail_fraction < 0.02
+    # the same with the tail from Kolmogorov theory and the PSF's FWHM (pixels)
+    ac2 = aperture_correction(np.full(n, psf_box), np.full(n, f12), np.full(n, f18), 12.0, 18.0,
+                              np.full(n, 1e-4), fwhm_px=0.75 / 0.2)
+    assert abs(ac2.factor * psf_box / img.sum() - 1) < 0.003

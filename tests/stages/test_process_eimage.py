@@ -118,7 +118,10 @@ def test_photometry_against_truth(validations):
     sd = float(np.std(pulls))
     se = sd / math.sqrt(2 * (len(pulls) - 1))  # standard error of a standard deviation
     assert 0.9 - 2 * se < sd < 1.2 + 2 * se, (sd, se, len(pulls))
-    assert abs(np.median(pulls)) < 0.5
+    # the median is shifted by the zero point's error (the reference fluxes' 1% errors, the same stars in every
+    # visit): with that error in each star's error the pulls are centred
+    calib = np.concatenate([v["photometry"]["pull_with_calib"] for *_, v in validations])
+    assert abs(np.median(calib[np.isfinite(calib)])) < 0.5
     zp = np.array([v["zero_point_offset_mmag"] for *_, v in validations])
     errs = np.array([m["zero_point_err"] * 1000 for _, _, m, _ in validations])
     assert abs(np.median(zp)) < 5.0, zp

@@ -7,8 +7,9 @@ growth between two radii R1 < R2 and the corrected total is ``F(R2) / (1 - A R2^
 
 Zero point: instrumental magnitudes (aperture-corrected PSF fluxes, electrons) of matched, unsaturated, unblended
 stars against reference magnitudes (nJy -> AB) in the reference band mapped from the observed band (Twinkles'
-mapping u,g -> g; r -> r; i,z,y -> i), with a colour term where the band has no reference of its own (fitted
-jointly when there are enough stars, else the configured coefficient), sigma-clipped, inverse-variance weighted.
+mapping u,g -> g; r -> r; i,z,y -> i); where the band has no reference of its own, the reference magnitude is
+transformed with the stellar-locus colours at the star's g - r and/or a linear colour term is fitted jointly;
+sigma-clipped, inverse-variance weighted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..image import AB_ZERO_POINT_NJY
 
-__all__ = ["REFERENCE_BAND", "COLOUR_BANDS", "ApertureCorrection", "aperture_correction", "PhotoCalResult",
+__all__ = ["REFERENCE_BAND", "COLOUR_BANDS", "STELLAR_LOCUS", "stellar_locus_offset", "ApertureCorrection", "aperture_correction", "PhotoCalResult",
            "PhotoCalError", "fit_zero_point", "reference_magnitudes"]
 
 #: observed band -> reference band (Twinkles Run 1's mapping)
@@ -32,6 +33,32 @@ KOLMOGOROV_EE_SLOPE = 5.0 / 3.0
 #: 1 - EE(R) = KOLMOGOROV_TAIL_COEFF (FWHM / R)^(5/3) for a Kolmogorov PSF at R >~ 3 FWHM (fitted to GalSim's
 #: Kolmogorov profile: 0.0145 at R = 3.2 FWHM, 0.0057 at 5.3 FWHM, 0.0028 at 8 FWHM)
 KOLMOGOROV_TAIL_COEFF = 0.10
+
+
+#: median stellar-locus colours vs g - r (SDSS; after Covey et al. 2007, AJ 134, 2398): the colour
+#: transformation from the reference bands (g, r, i) to the bands without reference magnitudes (u, z, y)
+STELLAR_LOCUS_GR = np.array([-0.2, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6])
+STELLAR_LOCUS = {
+    "ug": np.array([0.6, 0.85, 1.05, 1.4, 1.9, 2.3, 2.5, 2.55, 2.6]),
+    "ri": np.array([-0.15, 0.05, 0.13, 0.2, 0.3, 0.42, 0.62, 1.0, 1.5]),
+    "iz": np.array([-0.1, 0.0, 0.05, 0.1, 0.15, 0.22, 0.32, 0.5, 0.8]),
+    "zy": np.array([-0.05, 0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.25, 0.4]),
+}
+
+
+def stellar_locus_offset(band: str, g_minus_r) -> np.ndarray:
+    """``m_band - m_ref`` for a star on the stellar locus (ref = REFERENCE_BAND[band]); 0 for g, r, i."""
+    gr = np.asarray(g_minus_r, float)
+
+    def loc(name):
+        return np.interp(gr, STELLAR_LOCUS_GR, STELLAR_LOCUS[name])
+    if band == "u":
+        return loc("ug")
+    if band == "z":
+        return -loc("iz")
+    if band == "y":
+        return -loc("iz") - loc("zy")
+    return np.zeros_like(gr)
 
 
 class PhotoCalError(RuntimeError):
@@ -134,9 +161,13 @@ class PhotoCalResult:
         return 10.0 ** (-0.4 * (self.zero_point - AB_ZERO_POINT_NJY))
 
 
-def reference_magnitudes(ref, band: str):
-    """Reference AB magnitude and error in the band mapped from ``band``, and the colour (blue - red) for the
-    colour term. ``ref``: table with ``<b>_flux``, ``<b>_fluxErr`` (nJy)."""
+def reference_magnitudes(ref, band: str, transform: str = "stellar_locus"):
+    """Reference AB magnitude and error for ``band``, and the colour (blue - red) for a colour term.
+
+    ``ref``: table with ``<b>_flux``, ``<b>_fluxErr`` (nJy). The magnitude is that of the reference band mapped
+    from ``band`` (u,g -> g; r -> r; i,z,y -> i); with ``transform="stellar_locus"`` the bands without their own
+    reference (u, z, y) get the stellar-locus colour offset at the star's g - r (stars off the locus are then
+    clipped by the zero-point fit); with ``"none"`` they do not (a fitted colour term must absorb it)."""
     rb = REFERENCE_BAND[band]
     f = np.asarray(ref[f"{rb}_flux"], float)
     fe = np.asarray(ref[f"{rb}_fluxErr"], float)
@@ -145,6 +176,11 @@ def reference_magnitudes(ref, band: str):
         mag_err = 2.5 / math.log(10) * fe / f
         blue, red = COLOUR_BANDS[band]
         colour = -2.5 * np.log10(np.asarray(ref[f"{blue}_flux"], float) / np.asarray(ref[f"{red}_flux"], float))
+        if transform == "stellar_locus" and band in ("u", "z", "y"):
+            gr = -2.5 * np.log10(np.asarray(ref["g_flux"], float) / np.asarray(ref["r_flux"], float))
+            mag = mag + stellar_locus_offset(band, gr)
+            # the locus has an intrinsic width of a few hundredths of a magnitude
+            mag_err = np.hypot(mag_err, 0.03)
     return mag, mag_err, colour
 
 

@@ -109,7 +109,8 @@ class AstrometryConfig:
 class PhotoCalConfig:
     min_snr: float = 20.0  # stars used for the zero point
     min_stars: int = 5  # fewer -> ProcessingError
-    fit_colour_term: bool = True  # fit a colour term where the band has no reference magnitude of its own
+    colour_transform: str = "stellar_locus"  # u, z, y from g, r, i: stellar_locus (Covey et al. 2007) | none
+    fit_colour_term: bool = False  # also fit a linear colour term where the band has no reference of its own
     colour_term: float = 0.0  # colour term used when not fitted (mag per mag of reference colour)
     clip_nsigma: float = 3.0
     max_rms_mag: float = 0.2  # a zero-point scatter worse than this is refused
@@ -356,7 +357,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     # ------------------------------------------------------------------ photometric calibration
     t0 = time.perf_counter()
     ccfg = config.photocal
-    ref_mag, ref_mag_err, colour = reference_magnitudes(ref_cat, band)
+    ref_mag, ref_mag_err, colour = reference_magnitudes(ref_cat, band, ccfg.colour_transform)
     di, ri = astrom.det_index, astrom.ref_index
     pc_ok = (~np.asarray(src["pixelFlags_saturated"])[di] & ~np.asarray(src["pixelFlags_cr"])[di]
              & (sources["n_child"][di] == 0) & ~np.asarray(src["psfFlux_flag"])[di] & (snr[di] >= ccfg.min_snr))
