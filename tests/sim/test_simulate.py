@@ -288,3 +288,36 @@ def test_simulate_refuses_to_mix_fields(tmp_path, capsys):
     assert main(["simulate", path, "--visits", "2", "--size", "128", "--quiet"]) == 0  # same visits: rewritten
     assert main(["simulate", path, "--visits", "1", "--size", "128", "--quiet"]) == 2
     assert "already holds eimages" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_preset(tmp_path):
+    repo = simulate_field(tmp_path / "demo", preset="demo", seed=1)
+    vt = repo.get("visit_table")
+    assert len(vt) == 40 and set(vt["band"]) == set("gri") and list(vt["visit"]) == list(range(840, 880))
+    truth = repo.get("truth_catalog")
+    lc = repo.get("truth_lightcurves")
+    typ = np.asarray(truth["type"])
+    assert (typ == "sn").sum() >= 20 and (typ == "lens_galaxy").sum() == 2
+    for lens in truth["id"][typ == "lens_galaxy"]:
+        assert ((typ == "lensed_qso_image") & (np.asarray(truth["lensId"]) == lens)).sum() in (2, 4)
+    # supernovae explode during the cadence: zero flux at the first visit, then above the r-band 5-sigma depth
+    first = vt["visit"].min()
+    born = [i for i in truth["id"][typ == "sn"]
+            if lc["flux"][(lc["id"] == i) & (lc["visit"] == first)].sum() == 0 and lc["flux"][lc["id"] == i].max() > 630]
+    assert len(born) >= 5
+    exp = repo.get("eimage", {"visit": 879, "detector": 0})
+    assert exp.image.shape == (1024, 1024)
+
+
+@pytest.mark.slow
+def test_twinkles1_visit(tmp_path):
+    repo = simulate_field(tmp_path / "t1", preset="twinkles1", seed=2, n_visits=1)
+    exp = repo.get("eimage", {"visit": 840, "detector": 0})
+    assert exp.image.shape == (4096, 4096)
+    truth = repo.get("truth_catalog")
+    wcs = true_wcs(_visit_rows(repo)[0], repo.config)
+    x, y = wcs.all_world2pix(truth["ra"], truth["dec"], 0)
+    on = (x > 0) & (x < 4095) & (y > 0) & (y < 4095)
+    n_gal = (on & (np.asarray(truth["type"]) == "galaxy")).sum()
+    assert 12000 < n_gal < 20000  # ~87 galaxies per arcmin^2 to r = 25.5 on 186 arcmin^2

@@ -448,11 +448,14 @@ def make_sky_model(cfg: dict, cadence: Table, rng: np.random.Generator) -> SkyMo
     span = max(t1 - t0, 1.0)
     from astropy.cosmology import FlatLambdaCDM
     cosmo = FlatLambdaCDM(H0=70, Om0=0.3)
-    for k in hosts_sn:
+    for n_done, k in enumerate(hosts_sn):
         zq = float(min(max(zgal[k], 0.1), 0.6))
         off = hlr_d[k] * abs(rng.normal(0, 0.7))
         ang = rng.uniform(0, 2 * np.pi)
-        t_exp = rng.uniform(t0 - 10.0 - 0.2 * span, t1 - 0.3 * span)
+        if n_done % 2 == 0:  # half explode during the first half of the visits (sprinkled to be caught rising)
+            t_exp = rng.uniform(t0, t0 + 0.5 * span)
+        else:  # the others at any time from two months before the first visit (some caught declining)
+            t_exp = rng.uniform(t0 - 60.0, t1 - 0.3 * span)
         m_peak_g = -19.3 + rng.normal(0, 0.15) + float(cosmo.distmod(zq).value)
         peak = {bb: m_peak_g + _SN_COLOUR_BASE[bb] + _SN_COLOUR_SLOPE[bb] * zq for bb in BANDS}
         oid = add("sn", xg[k] + off * math.cos(ang), yg[k] + off * math.sin(ang), peak, redshift=zq,
