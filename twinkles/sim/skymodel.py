@@ -10,9 +10,11 @@ Populations (numbers per preset in :mod:`twinkles.sim.presets`):
   Vaucouleurs, truncated at 5 hlr) + disk (exponential, truncated at 4.5 hlr) with sizes shrinking with magnitude
   (median disk hlr 0.6" 10^(-0.11 (r - 22)), log-normal scatter), axis ratios, position angles, bulge-to-total
   ratios of early and late types, and bulge (red) / disk (blue) colours that redden with redshift.
-* ``sn`` -- *sprinkled* Type Ia-like supernovae in galaxy hosts: a t^2 rise over 18 rest-frame days, a linear
-  magnitude decline of 0.03-0.12 mag/day per band for 25 days then 0.02 mag/day, a secondary bump in i, z, y;
-  peak M = -19.3 +- 0.15 at the host's distance (flat LCDM H0 = 70, Om = 0.3), crude colours. Not SALT2.
+* ``sn`` -- *sprinkled* Type Ia-like supernovae in galaxy hosts at 0.1 < z < 0.6, offset from the host centre
+  by ~0.7 disk half-light radii: a t^2 rise over 18 rest-frame days, a linear magnitude decline of 0.035-0.12
+  mag/day per band for 25 days then 0.02 mag/day, a secondary bump in r, i, z, y; peak M = -19.3 +- 0.15 at the
+  host's distance (flat LCDM H0 = 70, Om = 0.3), crude redshift-dependent colours. Not SALT2. Half of them
+  explode during the first half of the visits, the others any time from 60 days before the first visit.
 * ``agn`` -- *sprinkled* nuclei in galaxy hosts whose magnitude follows a damped random walk (Kelly et al. 2009,
   MacLeod et al. 2010: tau ~ 200 rest-frame days, SF_inf 0.15-0.3 mag, larger in the blue).
 * ``lensed_qso_image`` + ``lens_galaxy`` -- *sprinkled* strongly lensed quasars: a singular isothermal sphere
@@ -20,6 +22,10 @@ Populations (numbers per preset in :mod:`twinkles.sim.presets`):
   magnification and Fermat time delay; each image's flux is |mu| times the source's DRW light curve delayed.
 * ``variable_star`` -- *sprinkled* RR Lyrae-like periodic variables (period 0.45-0.7 d, saw-tooth light curve,
   r amplitude 0.5-0.9 mag, larger in the blue).
+
+Sprinkled objects are placed where they are inside the image at every visit: the detector square (6" margin,
+plus 3x the dither rms) when the camera rotation is fixed, its inscribed circle when the rotation changes; the
+realistic populations fill a circle covering the detector at any rotation.
 
 Truth columns: ``id, type, ra, dec`` (deg), ``u_flux .. y_flux`` (nJy; static, phase-averaged for periodic
 variables, of the mean magnitude for AGN and lensed images, *peak* for supernovae), ``redshift, hostId, lensId``
