@@ -1,7 +1,7 @@
 """Validation sections of the run report: one per stage whose outputs exist in the run.
 
 ``validation_sections(repo, run, outdir)`` returns a list of ``{"title", "metrics", "figures"}`` dicts (figures
-are PNG paths relative to ``outdir``); the workflow's report shows them. Each stage's section comes from a builder
+are PNG paths relative to ``outdir``; a section whose builder failed carries ``"error"`` instead); the workflow's report shows them. Each stage's section comes from a builder
 in :data:`SECTION_BUILDERS` that returns ``None`` when the stage has no outputs in the run.
 """
 
@@ -124,7 +124,7 @@ def validation_sections(repo, run: str, outdir) -> list[dict]:
         except Exception as exc:  # noqa: BLE001 - the report must still be written
             log.exception("validation section %s failed", builder.__name__)
             sec = {"title": builder.__doc__.splitlines()[0] if builder.__doc__ else builder.__name__,
-                   "metrics": {"error": f"{type(exc).__name__}: {exc}"}, "figures": []}
+                   "metrics": {}, "figures": [], "error": f"{type(exc).__name__}: {exc}"}
         if sec is not None:
             out.append(sec)
     return out
