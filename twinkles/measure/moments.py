@@ -46,7 +46,7 @@ def adaptive_moments(image: np.ndarray, x, y, good=None, guess_sigma: float = 2.
     x = np.atleast_1d(np.asarray(x, float))
     y = np.atleast_1d(np.asarray(y, float))
     if size is None:
-        size = 2 * int(np.ceil(6.0 * guess_sigma)) + 1
+        size = 2 * int(np.ceil(5.0 * guess_sigma)) + 1
     stamps, inside = extract_stamps(np.asarray(image, np.float64), x, y, size)
     if good is not None:
         g, _ = extract_stamps(good, x, y, size, fill=False)

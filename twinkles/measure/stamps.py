@@ -42,15 +42,17 @@ def extract_stamps(array: np.ndarray, x: np.ndarray, y: np.ndarray, size: int, f
 
 
 def _fourier_shift(kernels: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """Shift (N, S, S) centred kernels by (dx, dy) pixels (band-limited interpolation)."""
+    """Shift (N, S, S) centred kernels by (dx, dy) pixels (band-limited interpolation, real FFTs)."""
+    from scipy import fft as sfft
     size = kernels.shape[-1]
-    f = np.fft.fftfreq(size)
-    phase_x = np.exp(-2j * np.pi * f[None, :] * dx[:, None])
-    phase_y = np.exp(-2j * np.pi * f[None, :] * dy[:, None])
-    ft = np.fft.fft2(np.fft.ifftshift(kernels, axes=(-2, -1)))
+    fy = np.fft.fftfreq(size)
+    fx = np.fft.rfftfreq(size)
+    phase_x = np.exp(-2j * np.pi * fx[None, :] * np.asarray(dx, float)[:, None])
+    phase_y = np.exp(-2j * np.pi * fy[None, :] * np.asarray(dy, float)[:, None])
+    ft = sfft.rfft2(np.fft.ifftshift(kernels, axes=(-2, -1)), workers=-1)
     ft *= phase_y[:, :, None] * phase_x[:, None, :]
-    out = np.fft.fftshift(np.fft.ifft2(ft).real, axes=(-2, -1))
-    return out
+    out = sfft.irfft2(ft, s=(size, size), workers=-1)
+    return np.fft.fftshift(out, axes=(-2, -1))
 
 
 class PsfStamps:
