@@ -241,6 +241,8 @@ def add_point_sources(image: np.ndarray, grid: PsfGrid, x: np.ndarray, y: np.nda
     surrounding zones), normalised to sum 1, times the flux: the image holds exactly the source's flux (less what
     falls off the detector edge).
     """
+    if not image.flags.c_contiguous:
+        raise ValueError("add_point_sources needs a C-contiguous image (it adds through a flat view)")
     x, y, flux_e = (np.asarray(v, dtype=float) for v in (x, y, flux_e))
     height, width = image.shape
     s = grid.stamp
