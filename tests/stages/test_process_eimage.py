@@ -232,6 +232,29 @@ def test_bad_input_fails_with_reason(tiny_repo, truth):
     _expect_failure(exp, far, ["astrometry", "reference"])
 
 
+def test_partial_nan_and_missing_variance(tiny_repo, truth):
+    """A NaN stripe is masked NO_DATA and the rest processed; an image without a variance plane gets one from
+    its counts (Poisson + read noise)."""
+    tcat, visits = truth
+    did = {"visit": 840, "detector": 0}
+    ref = tiny_repo.get("ref_cat")
+    exp = tiny_repo.get("eimage", did)
+    exp.image[:, 200:230] = np.nan
+    res = run(exp, ref, Config(), did)
+    assert (res.calexp.mask[:, 200:230] & mask_bit("NO_DATA")).all()
+    assert np.isfinite(res.calexp.image).all()
+    assert res.metadata["n_no_data_pixels"] >= 512 * 30
+    v = validate_visit(res.src, tcat, visits[0], res.metadata)
+    assert v["astrometry"]["median_offset_mas"] < 5.0
+    exp = tiny_repo.get("eimage", did)
+    exp.variance[:] = 1.0
+    res = run(exp, ref, Config(), did)
+    assert res.metadata["variance_from_image"]
+    v = validate_visit(res.src, tcat, visits[0], res.metadata)
+    assert abs(v["zero_point_offset_mmag"]) < 10.0
+    assert v["completeness_snr10"] > 0.95
+
+
 def test_failed_quantum_writes_nothing(tiny_repo, tmp_path):
     """run_quantum raises before writing: no calexp with a wrong WCS reaches the repository."""
     did = {"visit": 841, "detector": 0}

@@ -193,6 +193,14 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
                    "catalog; ingest it with an approximate WCS (CTYPE/CRVAL/CRPIX/CD)")
     raw = np.asarray(exposure.image, np.float32)
     var_in = np.asarray(exposure.variance, np.float32)
+    gain = _meta_value(exposure, ("gain",), 1.0)
+    read_noise = _meta_value(exposure, ("read_noise_e", "read_noise", "readnoise", "rdnoise"), 5.0)
+    variance_from_image = False
+    flat = var_in[::16, ::16]
+    if flat.size and np.all(flat == flat.flat[0]) and np.all(var_in == var_in.flat[0]):
+        # no variance plane (an ingested image): Poisson noise of the counts (sky included) plus read noise
+        var_in = (np.clip(raw, 0, None) / gain + read_noise ** 2).astype(np.float32)
+        variance_from_image = True
     finite = np.isfinite(raw) & np.isfinite(var_in) & (var_in > 0)
     if not finite.any():
         raise fail("every pixel is NaN/infinite or has no positive variance; the eimage is unusable")
@@ -209,7 +217,6 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
 
     saturation = config.detection.saturation_e or _meta_value(
         exposure, ("saturation_e", "saturation", "satlevel", "saturate"), np.inf)
-    read_noise = _meta_value(exposure, ("read_noise_e", "read_noise", "readnoise", "rdnoise"), 5.0)
     seeing = config.detection.initial_fwhm_arcsec or (info.seeing_arcsec if math.isfinite(info.seeing_arcsec)
                                                       and info.seeing_arcsec > 0 else 0.8)
     sigma0 = seeing / pixel_scale / SIGMA_TO_FWHM
@@ -434,6 +441,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
         "astrom_initial_shift_px": list(astrom.initial_shift_px),
         "astrom_initial_rotation_deg": astrom.initial_rotation_deg,
         "n_sources": int(n), "n_cr_pixels": int(n_cr), "n_saturated_pixels": int(sat.sum()),
+        "n_no_data_pixels": int(no_data.sum()), "variance_from_image": variance_from_image,
         "timings_s": timings, "cpu_s": time.process_time() - t_start,
     }
     calexp_meta = {k: v for k, v in meta.items() if isinstance(v, (int, float, str)) and k != "cpu_s"}
