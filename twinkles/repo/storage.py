@@ -16,7 +16,7 @@ from astropy.table import Table
 from ..image import Exposure
 
 __all__ = ["atomic_write_bytes", "write_dataset_file", "read_dataset_file", "table_to_arrow", "arrow_to_table",
-           "TMP_MARKER", "DatasetReadError"]
+           "TMP_MARKER", "DatasetReadError", "to_plain"]
 
 TMP_MARKER = ".tmp-"
 
@@ -89,7 +89,7 @@ def table_to_arrow(table: Table) -> pa.Table:
         names.append(name)
         if getattr(col, "unit", None) is not None:
             units[name] = str(col.unit)
-    meta = {"twinkles_meta": json.dumps(_jsonable(dict(table.meta))), "twinkles_units": json.dumps(units)}
+    meta = {"twinkles_meta": json.dumps(to_plain(dict(table.meta))), "twinkles_units": json.dumps(units)}
     return pa.Table.from_arrays(arrays, names=names).replace_schema_metadata(meta)
 
 
@@ -120,11 +120,13 @@ def arrow_to_table(atable: pa.Table) -> Table:
     return out
 
 
-def _jsonable(obj):
+def to_plain(obj):
+    """A copy made of plain Python types (dict, list, int, float, str) that JSON and YAML accept: numpy scalars
+    and arrays become Python numbers and lists, tuples lists, non-finite floats strings."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [to_plain(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -166,7 +168,7 @@ def write_dataset_file(obj, storage: str, path: Path) -> None:
             atable = table_to_arrow(Table(obj))
         atomic_write(path, lambda tmp: pq.write_table(atable, tmp, compression="zstd"))
     elif storage == "StructuredData":
-        data = json.dumps(_jsonable(obj), indent=1, sort_keys=True).encode()
+        data = json.dumps(to_plain(obj), indent=1, sort_keys=True).encode()
         atomic_write_bytes(path, data)
     else:
         raise ValueError(f"unknown storage class {storage!r}")

@@ -21,6 +21,7 @@ from astropy.table import Table
 from ..image import Exposure, VisitInfo
 from ..psf import measure_fwhm
 from ..repo import RAW_RUN, TRUTH_RUN, Repository
+from ..repo.storage import to_plain
 from . import SimulationInputError
 from .cadence import generate_cadence, read_opsim
 from .lsst import (electrons_to_njy_factor, m5_from_noise, sky_electrons_per_pixel, zero_point)
@@ -38,21 +39,10 @@ REF_DEPTH_MAG = 24.0  # 5-sigma depth of the (deeper, earlier) survey the refere
 REF_MAG_LIMIT = 23.0  # r-band limit of the reference catalog
 
 
-def _plain(value):
-    """YAML-safe copy (tuples -> lists, numpy scalars -> python)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def repo_config_for(cfg: dict, seed: int, opsim=None, n_visits=None, overrides=None) -> dict:
     """The repository configuration the simulator records (twinkles.yaml)."""
     return {
-        "simulation_call": _plain({"preset": cfg["preset"], "seed": int(seed),
+        "simulation_call": to_plain({"preset": cfg["preset"], "seed": int(seed),
                                    "opsim": str(Path(opsim).resolve()) if opsim is not None else None,
                                    "n_visits": n_visits, "overrides": dict(overrides or {}, bands=cfg["bands"])}),
         "instrument": "LSST-like single sensor (simulated)",
@@ -72,7 +62,7 @@ def repo_config_for(cfg: dict, seed: int, opsim=None, n_visits=None, overrides=N
         "psf_stamp_px": int(cfg["psf_stamp_px"]),
         "psf_oversample": int(cfg["psf_oversample"]),
         "psf_variation_scale_px": float(cfg["psf_variation_scale_px"]),
-        "simulation": _plain(cfg),
+        "simulation": to_plain(cfg),
     }
 
 
