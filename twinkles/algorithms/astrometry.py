@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
 __all__ = ["AstrometryError", "AstrometryResult", "initial_match", "fit_astrometry", "fit_tan_sip", "mutual_nearest"]
@@ -288,5 +288,3 @@ def _n_sip_terms(degree: int) -> int:
     """Number of SIP coefficients in A and B together for orders 2..degree."""
     return 2 * sum(p + 1 for p in range(2, degree + 1)) if degree >= 2 else 0
 
-
-_ = FITSFixedWarning

@@ -16,7 +16,8 @@ import sep
 
 from .stamps import PsfStamps, extract_stamps
 
-__all__ = ["psf_flux", "forced_psf_flux", "aperture_fluxes", "APERTURE_RADII", "aperture_column"]
+__all__ = ["psf_flux", "forced_psf_flux", "aperture_fluxes", "deblended_aperture_fluxes", "APERTURE_RADII",
+           "aperture_column"]
 
 #: aperture radii (pixels) of the DM stack's base_CircularApertureFlux_{r}_0 columns we compute
 APERTURE_RADII = (3.0, 4.5, 6.0, 9.0, 12.0)

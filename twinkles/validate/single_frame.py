@@ -82,7 +82,7 @@ def validate_visit(src: Table, truth: Table, visit_row, metadata: dict | None = 
     # detection: completeness of static point sources by predicted S/N, spurious detections
     m5 = float(visit_row["fiveSigmaDepth"])
     with np.errstate(divide="ignore", invalid="ignore"):
-        true_mag = 31.4 - 2.5 * np.log10(tf_all := np.asarray(truth[f"{band}_flux"], float))
+        true_mag = 31.4 - 2.5 * np.log10(np.asarray(truth[f"{band}_flux"], float))
     pred_snr = 5.0 * 10 ** (-0.4 * (true_mag - m5))
     i_s2, i_t2, _ = match_sky(src["ra"], src["dec"], truth["ra"], truth["dec"], spurious_radius_arcsec,
                               mutual=False)
@@ -110,7 +110,6 @@ def validate_visit(src: Table, truth: Table, visit_row, metadata: dict | None = 
     out["n_sources"] = len(src)
     out["completeness_arrays"] = {"true_mag": true_mag[pts & inside], "detected": detected[pts & inside],
                                   "pred_snr": pred_snr[pts & inside]}
-    _ = tf_all
     return out
 
 
