@@ -46,13 +46,15 @@ def _registered_files(repo, run="runs/l2"):
 
 
 def _kill_orphan_workers(repo) -> None:
-    """Parsl starts the worker pool in its own process group; kill those of this repository's killed run."""
+    """Parsl starts the worker pool in its own process group: it would exit by itself ~10 s after its run was
+    killed (heartbeat); here the pool of this repository's killed run and its children are killed at once."""
     marker = str(repo.root / "runinfo")
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if "process_worker_pool" in cmd and marker in cmd:
             try:
-                p.kill()
+                for proc in p.children(recursive=True) + [p]:
+                    proc.kill()
             except psutil.Error:
                 pass
 
