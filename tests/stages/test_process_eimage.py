@@ -173,7 +173,7 @@ def test_detection_completeness_and_purity(validations):
     assert n > 100
     assert det / n > 0.95, comp
     # spurious detections (no truth object within 1" or inside a galaxy's half-light radius)
-    assert np.mean(spur) < 0.04, spur
+    assert np.mean(spur) < 0.02, spur
 
 
 def test_metadata_contents(validations):

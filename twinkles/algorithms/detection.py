@@ -71,7 +71,8 @@ def significance_image(image: np.ndarray, variance: np.ndarray, psf_sigma_px: fl
 def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float, threshold: float = 5.0,
                    ignore: np.ndarray | None = None, min_pixels: int = 3, min_prominence: float = 3.0,
                    min_prominence_frac: float = 0.0, grow_sigma: float = 2.4,
-                   saturated: np.ndarray | None = None, find_peaks: bool = True) -> DetectionResult:
+                   saturated: np.ndarray | None = None, find_peaks: bool = True,
+                   wing_contrast: bool = True, wing_contrast_sigma: float = 3.0) -> DetectionResult:
     """Detect sources on a background-subtracted ``image`` with per-pixel ``variance``.
 
     ``psf_sigma_px``: Gaussian sigma of the smoothing kernel (the PSF's, pixels); ``threshold``: in sigma of the
@@ -83,7 +84,9 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
     sigmas (DM's nSigmaToGrow). ``saturated``: bool map of saturated pixels and bleed trails; all peaks on one
     connected saturated region (grown by 2 pixels) become a single source placed at the region's centroid (a
     saturated star's plateau and trail have many flat local maxima). With ``find_peaks=False`` only the
-    footprints are made (e.g. to mask sources for a background estimate).
+    footprints are made (e.g. to mask sources for a background estimate). With ``wing_contrast``, a faint peak
+    near a much brighter one must rise ``wing_contrast_sigma`` above the median S/N on a ring around it (radius
+    6 sigma): noise bumps on the smooth wing of a bright star are dropped, most real sources there are kept.
     """
     image = np.asarray(image, dtype=np.float32)
     variance = np.asarray(variance, dtype=np.float32)
@@ -154,6 +157,11 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
                 sat_x[best], sat_y[best] = cx_[k - 1], cy_[k - 1]
         yp, xp, val, foot = yp[keep], xp[keep], val[keep], foot[keep]
         sat_x, sat_y = sat_x[keep], sat_y[keep]
+    if wing_contrast and len(val) > 1:
+        keep = _wing_bumps_kept(snr, xp, yp, val, psf_sigma_px, wing_contrast_sigma)
+        yp, xp, val, foot = yp[keep], xp[keep], val[keep], foot[keep]
+        if sat_x is not None:
+            sat_x, sat_y = sat_x[keep], sat_y[keep]
     # sub-pixel peak position from a parabola through the 3x3 S/N values
     ny, nx = snr.shape
     xm, xpl = np.clip(xp - 1, 0, nx - 1), np.clip(xp + 1, 0, nx - 1)
@@ -183,6 +191,34 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
     if grow_sigma > 0 and detected.any():
         detected = grow_mask(detected, int(math.ceil(grow_sigma * psf_sigma_px)))
     return DetectionResult(sources, labels.astype(np.int32), detected, float(threshold))
+
+
+def _wing_bumps_kept(snr, xp, yp, val, sigma, threshold, bright_ratio: float = 5.0, max_dist_sigma: float = 25.0,
+                     faint: float = 25.0):
+    """Keep mask for peaks: a faint peak (S/N < ``faint``) within ``max_dist_sigma`` sigmas of a peak
+    ``bright_ratio`` times brighter must exceed the median S/N of a ring of radius 6 sigma around it by
+    ``threshold``."""
+    from scipy.spatial import cKDTree
+    keep = np.ones(len(val), bool)
+    cand = np.nonzero(val < faint)[0]
+    if not len(cand):
+        return keep
+    bright = np.nonzero(val >= bright_ratio * threshold)[0]
+    if not len(bright):
+        return keep
+    tree = cKDTree(np.c_[xp[bright], yp[bright]])
+    ny, nx = snr.shape
+    ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    rad = 6.0 * sigma
+    for i in cand:
+        near = tree.query_ball_point([xp[i], yp[i]], max_dist_sigma * sigma)
+        if not any(val[bright[j]] >= bright_ratio * val[i] for j in near):
+            continue
+        rx = np.clip(np.rint(xp[i] + rad * np.cos(ang)).astype(int), 0, nx - 1)
+        ry = np.clip(np.rint(yp[i] + rad * np.sin(ang)).astype(int), 0, ny - 1)
+        if val[i] - float(np.median(snr[ry, rx])) < threshold:
+            keep[i] = False
+    return keep
 
 
 def saturation_mask(image_with_sky: np.ndarray, saturation: float, grow_px: int = 1) -> np.ndarray:

@@ -63,6 +63,8 @@ class DetectionConfig:
     threshold: float = 5.0  # sigma of the PSF-smoothed image (DM default 5)
     min_pixels: int = 3  # smallest footprint, pixels
     min_prominence: float = 2.0  # a secondary peak must rise this many sigma above the dip to its neighbour
+    wing_contrast: bool = True  # faint peaks near much brighter ones must stand out of the bright one's wing ...
+    wing_contrast_sigma: float = 3.0  # ... by this many sigma above the S/N on a ring around them
     grow_sigma: float = 2.4  # DETECTED plane = footprints grown by this many PSF sigmas (DM nSigmaToGrow)
     cosmic_rays: bool = True  # find and interpolate cosmic rays (astroscrappy)
     cr_sigclip: float = 5.0  # L.A.Cosmic Laplacian threshold, sigma
@@ -255,7 +257,8 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
         pass  # everything is covered by sources: keep the first estimate
     sub = (image - bkg.image).astype(np.float32)
     det = detect_sources(sub, variance, sigma0, dcfg.threshold, ignore=no_data, min_pixels=dcfg.min_pixels,
-                         min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma, saturated=sat)
+                         min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma, saturated=sat,
+                         wing_contrast=dcfg.wing_contrast, wing_contrast_sigma=dcfg.wing_contrast_sigma)
     mask[det.detected] |= mask_bit("DETECTED")
     edge_width = int(math.ceil(3.0 * sigma0))
     mask[edge_mask(sub.shape, edge_width)] |= mask_bit("EDGE")
