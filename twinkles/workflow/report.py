@@ -249,8 +249,9 @@ def _figures(summary: dict, attempts: list[dict], jobs: list[dict], invs: list[d
             ax.barh([row[(a["host"] or "?", a["pid"] or 0)] for a in sel],
                     [(a["end"] - a["start"]) / scale for a in sel],
                     left=[(a["start"] - t0) / scale for a in sel], height=0.8, color=color[s],
-                    edgecolor="red" if not ok else "none", hatch="xx" if not ok else None,
+                    edgecolor="red" if not ok else "white", linewidth=0.4, hatch="xx" if not ok else None,
                     label=s if ok else f"{s} (failed)")
+    ax.set_xlim(left=0)  # from the start of the run: the engine's start-up shows as the blank at the left
     ax.set_yticks(range(len(workers)), [f"{h}:{p}" for h, p in workers], fontsize=7)
     ax.set_xlabel(f"time since start ({unit})")
     ax.set_ylabel("worker (host:pid)")
