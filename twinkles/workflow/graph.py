@@ -287,9 +287,6 @@ class JobGraph:
     def finished(self) -> bool:
         return all(st.settled for st in self.stages.values()) and not self.ready
 
-    def unplanned(self) -> list[str]:
-        return [name for name, st in self.stages.items() if not st.planned]
-
     def counts(self) -> dict[str, dict[str, int]]:
         out = {}
         for name, st in self.stages.items():
