@@ -50,7 +50,8 @@ class SyntheticField:
 def make_field(nx: int = 512, ny: int = 512, n_stars: int = 150, n_galaxies: int = 100, seed: int = 1,
                fwhm_arcsec: float = 0.75, fwhm_gradient: float = 0.06, shape_g: float = 0.02,
                sky_e: float = 800.0, read_noise_e: float = 8.0, zero_point: float = 32.0,
-               mag_range=(16.5, 24.0), galaxy_mag_range=(20.0, 25.0), n_cosmic_rays: int = 0, saturated_star: bool = False,
+               mag_range=(16.5, 24.0), galaxy_mag_range=(20.0, 25.0), n_cosmic_rays: int = 0,
+               saturated_star: bool = False,
                saturation_e: float = 120000.0, wcs_offset_arcsec=(0.0, 0.0), wcs_rot_deg: float = 0.0,
                visit: int = 1, band: str = "r", ref_pos_err_mas: float = 5.0, noise: bool = True
                ) -> SyntheticField:

@@ -22,7 +22,8 @@ import numpy as np
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
-__all__ = ["AstrometryError", "AstrometryResult", "initial_match", "fit_astrometry", "fit_tan_sip", "mutual_nearest"]
+__all__ = ["AstrometryError", "AstrometryResult", "initial_match", "fit_astrometry", "fit_tan_sip",
+           "mutual_nearest"]
 
 
 class AstrometryError(RuntimeError):

@@ -17,7 +17,8 @@ from scipy import ndimage
 
 from .background import grow_mask
 
-__all__ = ["DetectionResult", "gaussian_kernel", "significance_image", "detect_sources", "saturation_mask", "edge_mask"]
+__all__ = ["DetectionResult", "gaussian_kernel", "significance_image", "detect_sources", "saturation_mask",
+           "edge_mask"]
 
 #: structured-array columns of DetectionResult.sources
 SOURCE_DTYPE = [("id", "i8"), ("x", "f8"), ("y", "f8"), ("x_peak", "i4"), ("y_peak", "i4"),

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..image import AB_ZERO_POINT_NJY
 
-__all__ = ["REFERENCE_BAND", "COLOUR_BANDS", "STELLAR_LOCUS", "stellar_locus_offset", "ApertureCorrection", "aperture_correction", "PhotoCalResult",
+__all__ = ["REFERENCE_BAND", "COLOUR_BANDS", "STELLAR_LOCUS", "stellar_locus_offset", "ApertureCorrection",
+           "aperture_correction", "PhotoCalResult",
            "PhotoCalError", "fit_zero_point", "reference_magnitudes"]
 
 #: observed band -> reference band (Twinkles Run 1's mapping)

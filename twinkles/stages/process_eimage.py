@@ -355,7 +355,8 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
                                 fit_match_radius_arcsec=acfg.fit_match_radius_arcsec, sip_degree=acfg.sip_degree,
                                 min_matches=acfg.min_matches, n_iter=acfg.n_iter, clip_nsigma=acfg.clip_nsigma,
                                 x_err=np.asarray(src["xErr"]), y_err=np.asarray(src["yErr"]),
-                                ref_ra_err=_column(ref_cat, "coord_raErr"), ref_dec_err=_column(ref_cat, "coord_decErr"))
+                                ref_ra_err=_column(ref_cat, "coord_raErr"),
+                                ref_dec_err=_column(ref_cat, "coord_decErr"))
     except AstrometryError as exc:
         raise fail(f"astrometry: {exc}") from None
     if not astrom.rms_mas <= acfg.max_rms_mas:

@@ -1,8 +1,9 @@
 """Validation sections of the run report: one per stage whose outputs exist in the run.
 
 ``validation_sections(repo, run, outdir)`` returns a list of ``{"title", "metrics", "figures"}`` dicts (figures
-are PNG paths relative to ``outdir``; a section whose builder failed carries ``"error"`` instead); the workflow's report shows them. Each stage's section comes from a builder
-in :data:`SECTION_BUILDERS` that returns ``None`` when the stage has no outputs in the run.
+are PNG paths relative to ``outdir``; a section whose builder failed carries ``"error"`` instead); the
+workflow's report shows them. Each stage's section comes from a builder in :data:`SECTION_BUILDERS` that returns
+``None`` when the stage has no outputs in the run.
 """
 
 from __future__ import annotations
