@@ -38,9 +38,10 @@ demo: install
 	@if [ ! -f $(DEMO_REPO)/registry.sqlite3 ]; then \
 	  $(BIN)/twinkles simulate $(DEMO_REPO) --preset demo --seed 1; \
 	else echo "$(DEMO_REPO) exists: reusing its simulated images (make clean-demo to start over)"; fi
-	$(BIN)/twinkles run $(DEMO_REPO)
-	$(BIN)/twinkles report $(DEMO_REPO)
-	@echo "demo report: $(DEMO_REPO)/report/index.html"
+	@# the report is written even when some jobs failed (it lists them); make still exits non-zero then
+	@$(BIN)/twinkles run $(DEMO_REPO); status=$$?; \
+	  $(BIN)/twinkles report $(DEMO_REPO) || exit $$?; \
+	  echo "demo report: $(DEMO_REPO)/report/index.html"; exit $$status
 
 test: install-test browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
