@@ -418,6 +418,11 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     photo_used[di[pcal.used]] = True
     out["calib_photometry_used"] = photo_used
     apply_calibration(out, photo_calib.njy_per_electron)
+    for c in ("x", "y", "xErr", "yErr"):
+        out[c].unit = "pix"
+    for c in ("ixx", "iyy", "ixy", "ixxPSF", "iyyPSF", "ixyPSF"):
+        out[c].unit = "pix2"
+    out["sky"].unit = "electron/pix"  # the subtracted background at the source (calexp_background)
     out.meta.update({"visit": visit, "detector": detector, "band": band, "zero_point": pcal.zero_point,
                      "njy_per_electron": photo_calib.njy_per_electron, "aperture_correction": apcorr.factor})
 
