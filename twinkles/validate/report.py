@@ -97,8 +97,9 @@ def process_eimage_section(repo: Repository, run: str, outdir: Path, max_visits:
     resid = {}
     for band, srcs in by_band.items():
         if len(srcs) >= 2:
-            rep = repeatability(srcs, truth, band)
+            rep = repeatability(srcs, truth, band, min_snr=200.0)
             metrics[f"pa1_{band}_mmag"] = rep["pa1_mmag"]
+            metrics[f"pa1_{band}_robust_mmag"] = rep.get("pa1_robust_mmag", float("nan"))
             if "pa1_excess_mmag" in rep:
                 metrics[f"pa1_{band}_excess_mmag"] = rep["pa1_excess_mmag"]
             if "residuals_mmag" in rep:
