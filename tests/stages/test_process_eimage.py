@@ -301,3 +301,22 @@ def test_validation_report_sections(tiny_repo, tmp_path):
     assert sec["metrics"]["astrometry_median_offset_mas"] < 5
     for fig in sec["figures"]:
         assert (tmp_path / fig).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_demo_field_against_truth(tmp_path):
+    """The demo preset (1k x 1k, g r i), 6 visits: the same requirements on a bigger, deeper field."""
+    from twinkles.sim.simulate import simulate_field
+    from twinkles.validate.report import validation_sections
+    root = tmp_path / "demo"
+    simulate_field(root, preset="demo", seed=2, n_visits=6)
+    assert cli_main(["stage", "process_eimage", str(root), "--run", RUN]) == 0
+    sec = validation_sections(root, RUN, tmp_path / "val")[0]
+    m = sec["metrics"]
+    assert m["n_visits"] == 6
+    assert m["astrometry_median_offset_mas"] < 5 and m["astrometry_rms_offset_mas"] < 10
+    assert 0.8 < m["psf_flux_pull_sd"] < 1.3
+    assert abs(m["zero_point_offset_median_mmag"]) < 5
+    assert abs(m["psf_fwhm_ratio_median"] - 1) < 0.02 and m["psf_fwhm_ratio_max_dev_pct"] < 2.5
+    assert m["completeness_snr10_median"] > 0.95
+    assert m["spurious_fraction_median"] < 0.02
