@@ -320,3 +320,21 @@ def test_demo_field_against_truth(tmp_path):
     assert abs(m["psf_fwhm_ratio_median"] - 1) < 0.02 and m["psf_fwhm_ratio_max_dev_pct"] < 2.5
     assert m["completeness_snr10_median"] > 0.95
     assert m["spurious_fraction_median"] < 0.02
+
+
+def test_piff_psf_option(tiny_repo, truth):
+    """psf.algorithm=piff: a Piff model, stored in the calexp and read back, as good as the pixel model."""
+    from twinkles.psf import PiffPSF
+    tcat, visits = truth
+    did = {"visit": int(visits[1]["visit"]), "detector": 0}
+    cfg = apply_config_overrides(Config(), {"psf.algorithm": "piff"})
+    res = run(tiny_repo.get("eimage", did), tiny_repo.get("ref_cat"), cfg, did)
+    assert isinstance(res.calexp.psf, PiffPSF)
+    v = validate_visit(res.src, tcat, visits[1], res.metadata)
+    assert abs(v["psf_fwhm_ratio"] - 1) < 0.02
+    assert abs(v["zero_point_offset_mmag"]) < 10
+    assert v["astrometry"]["median_offset_mas"] < 5
+    from twinkles.image import Exposure
+    back = Exposure.from_hdulist(res.calexp.to_hdulist())
+    assert isinstance(back.psf, PiffPSF)
+    assert np.allclose(back.psf.kernel_image(200, 300, 25), res.calexp.psf.kernel_image(200, 300, 25), atol=1e-6)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..psf import ImageGridPSF
+from ..psf import ImageGridPSF, PiffPSF
 
-__all__ = ["StarSelection", "select_psf_stars", "fit_pixel_psf", "PsfFitError"]
+__all__ = ["StarSelection", "select_psf_stars", "fit_pixel_psf", "fit_piff_psf", "PsfFitError"]
 
 log = logging.getLogger(__name__)
 
@@ -196,3 +196,62 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, weight_mask: np.ndarr
     used[idx[keep]] = True
     info = {"n_stars": int(keep.sum()), "order": order, "median_chi2": float(np.median(chi2[keep]))}
     return ImageGridPSF(grid, xs, ys), used, info
+
+
+def fit_piff_psf(image: np.ndarray, variance: np.ndarray, weight_mask: np.ndarray, x, y,
+                 stamp_size: int = 25, model_size: int = 21, order: int = 2, min_stars: int = 5,
+                 max_iter: int = 5, outlier_nsigma: float = 5.0, min_stars_per_term: float = 10.0,
+                 footprints: np.ndarray | None = None, own_labels=None) -> tuple[PiffPSF, np.ndarray, dict]:
+    """Fit a Piff ``PixelGrid`` x ``BasisPolynomial`` PSF (Piff's pixel basis, as Rubin's piffPsf uses) to the
+    stars at (x, y) (0-based pixels); slower than :func:`fit_pixel_psf` (Piff solves star by star in Python).
+
+    Piff's (u, v) are pixel offsets from the detector centre (an offset WCS of scale 1), so the model pixels are
+    native pixels. ``weight_mask``: usable pixels; pixels of other footprints in a stamp get zero weight.
+    Returns ``(PiffPSF, used, info)`` like :func:`fit_pixel_psf`.
+    """
+    import galsim
+    import piff
+
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    ny, nx = image.shape
+    stamp_size += 1 - stamp_size % 2
+    h = stamp_size // 2
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    wcs = galsim.OffsetWCS(1.0, origin=galsim.PositionD(cx + 1.0, cy + 1.0))
+    stars, keep_idx = [], []
+    for i in range(len(x)):
+        xi, yi = int(round(x[i])), int(round(y[i]))
+        if xi - h < 0 or yi - h < 0 or xi + h >= nx or yi + h >= ny:
+            continue
+        sl = (slice(yi - h, yi + h + 1), slice(xi - h, xi + h + 1))
+        var = np.asarray(variance[sl], float)
+        w = np.where(weight_mask[sl] & np.isfinite(var) & (var > 0), 1.0 / np.where(var > 0, var, 1.0), 0.0)
+        if footprints is not None and own_labels is not None:
+            fp = footprints[sl]
+            w[(fp != 0) & (fp != own_labels[i])] = 0.0
+        if (w[h - 2:h + 3, h - 2:h + 3] == 0).any():
+            continue
+        im = galsim.Image(np.ascontiguousarray(image[sl], dtype=float), xmin=xi - h + 1, ymin=yi - h + 1, wcs=wcs)
+        wt = galsim.Image(np.ascontiguousarray(w), xmin=xi - h + 1, ymin=yi - h + 1, wcs=wcs)
+        stars.append(piff.Star(piff.StarData(im, galsim.PositionD(x[i] + 1.0, y[i] + 1.0), weight=wt), None))
+        keep_idx.append(i)
+    n = len(stars)
+    if n < min_stars:
+        raise PsfFitError(f"{n} usable PSF stars (need >= {min_stars})")
+    while order > 0 and n < min_stars_per_term * (order + 1) * (order + 2) / 2:
+        order -= 1
+    psf = piff.SimplePSF(piff.PixelGrid(scale=1.0, size=model_size), piff.BasisPolynomial(order=order),
+                         outliers=[piff.ChisqOutliers(nsigma=outlier_nsigma, max_remove=0.05)]
+                         if outlier_nsigma > 0 else None, max_iter=max_iter)
+    psf.set_context({0: wcs})
+    quiet = logging.getLogger("twinkles.piff")
+    quiet.setLevel(logging.ERROR)
+    psf.fit(stars, logger=quiet)
+    used = np.zeros(len(x), bool)
+    fitted = {(round(s.image_pos.x, 6), round(s.image_pos.y, 6)) for s in psf.stars if not s.is_flagged}
+    for i in keep_idx:
+        used[i] = (round(x[i] + 1.0, 6), round(y[i] + 1.0, 6)) in fitted
+    info = {"n_stars": int(used.sum()), "order": order,
+            "median_chi2": float(psf.chisq / max(psf.dof, 1))}
+    return PiffPSF(psf, center=(cx, cy), default_size=stamp_size), used, info

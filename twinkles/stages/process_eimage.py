@@ -8,7 +8,8 @@ The DM stack's ProcessEimageTask (characterizeImage + calibrate) in one stage:
    masked SAT; the border where the smoothing kernel runs off the image masked EDGE;
 3. detection: the PSF-smoothed image thresholded at ``detection.threshold`` sigma; footprints, peaks (DETECTED);
 4. PSF: stars from the size-magnitude locus, a pixel-basis PSF varying as a polynomial of position
-   (:class:`~twinkles.psf.ImageGridPSF` stored with the calexp); aperture correction from PSF flux to total flux;
+   (:class:`~twinkles.psf.ImageGridPSF` stored with the calexp; or, with ``psf.algorithm=piff``, Piff's
+   PixelGrid x BasisPolynomial stored as a :class:`~twinkles.psf.PiffPSF`); aperture correction to total flux;
 5. measurement (:mod:`twinkles.measure`): centroid, PSF flux, aperture fluxes, adaptive moments, flags;
 6. astrometry: match to ``ref_cat`` from the perturbed header WCS, fit TAN-SIP with outlier rejection;
 7. photometric calibration: zero point from matched reference stars, fluxes in nJy.
@@ -33,7 +34,7 @@ from ..algorithms.cosmic_rays import find_cosmic_rays
 from ..algorithms.detection import detect_sources, edge_mask, saturation_mask
 from ..algorithms.photocal import (PhotoCalError, aperture_correction, fit_zero_point, reference_magnitudes,
                                    REFERENCE_BAND)
-from ..algorithms.psf_model import PsfFitError, fit_pixel_psf, select_psf_stars
+from ..algorithms.psf_model import PsfFitError, fit_piff_psf, fit_pixel_psf, select_psf_stars
 from ..image import Exposure, PhotoCalib, mask_bit, wcs_is_celestial
 from ..measure import (MeasurementConfig, PsfStamps, apply_calibration, extendedness, measure_sources,
                        moments_to_fwhm)
@@ -76,6 +77,8 @@ class DetectionConfig:
 
 @dataclass
 class PsfConfig:
+    algorithm: str = "pixel"  # pixel: our pixel-basis fit (fast); piff: Piff PixelGrid x BasisPolynomial
+    piff_model_size: int = 21  # Piff model stamp, pixels (the fitted stars' stamps are 4 pixels larger)
     min_snr: float = 50.0  # PSF star candidates: S/N of the PSF flux
     max_stars: int = 300  # at most this many PSF stars (brightest, spread over the detector)
     min_stars: int = 5  # fewer usable stars -> ProcessingError
@@ -292,12 +295,22 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
                    "--config process_eimage.psf.min_snr")
     psel = np.nonzero(selection.selected)[0]
     good_pix = (mask & mask_bit("NO_DATA", "BAD", "SAT", "CR")) == 0
+    if pcfg.algorithm not in ("pixel", "piff"):
+        raise fail(f"psf.algorithm={pcfg.algorithm!r}: use pixel or piff")
     try:
-        psf, used_sel, psf_info = fit_pixel_psf(
-            sub, variance, good_pix, np.asarray(first["x"])[psel], np.asarray(first["y"])[psel],
-            stamp_size=pcfg.stamp_size, order=pcfg.order, min_stars=pcfg.min_stars,
-            outlier_nsigma=pcfg.outlier_nsigma, n_grid=pcfg.n_grid, footprints=det.footprints,
-            own_labels=sources["parent_id"][b_idx[psel]], min_stars_per_term=pcfg.min_stars_per_term)
+        if pcfg.algorithm == "piff":
+            psf, used_sel, psf_info = fit_piff_psf(
+                sub, variance, good_pix, np.asarray(first["x"])[psel], np.asarray(first["y"])[psel],
+                stamp_size=pcfg.piff_model_size + 4, model_size=pcfg.piff_model_size, order=pcfg.order,
+                min_stars=pcfg.min_stars, outlier_nsigma=pcfg.outlier_nsigma,
+                min_stars_per_term=pcfg.min_stars_per_term, footprints=det.footprints,
+                own_labels=sources["parent_id"][b_idx[psel]])
+        else:
+            psf, used_sel, psf_info = fit_pixel_psf(
+                sub, variance, good_pix, np.asarray(first["x"])[psel], np.asarray(first["y"])[psel],
+                stamp_size=pcfg.stamp_size, order=pcfg.order, min_stars=pcfg.min_stars,
+                outlier_nsigma=pcfg.outlier_nsigma, n_grid=pcfg.n_grid, footprints=det.footprints,
+                own_labels=sources["parent_id"][b_idx[psel]], min_stars_per_term=pcfg.min_stars_per_term)
     except PsfFitError as exc:
         raise fail(f"PSF model: {exc}; the image has no usable stars") from None
     psf_star = np.zeros(len(sources), bool)
