@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import sep
-from scipy import ndimage
 
 __all__ = ["BackgroundResult", "estimate_background", "grow_mask"]
 
@@ -27,15 +26,15 @@ class BackgroundResult:
 
 def grow_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
     """Dilate a boolean mask by ``radius_px`` pixels: a disc for small radii, a square (separable, fast on large
-    images) beyond 2 pixels."""
+    images) beyond 2 pixels. Compiled single passes (:mod:`~twinkles.algorithms.pixel_kernels`)."""
+    from .pixel_kernels import dilate_disc, dilate_square
     mask = np.asarray(mask, bool)
     if radius_px <= 0 or not mask.any():
         return mask
     r = int(radius_px)
     if r <= 2:
-        y, x = np.ogrid[-r:r + 1, -r:r + 1]
-        return ndimage.binary_dilation(mask, structure=(x * x + y * y) <= r * r)
-    return ndimage.maximum_filter(mask.view(np.uint8), size=2 * r + 1, mode="constant").astype(bool)
+        return dilate_disc(np.ascontiguousarray(mask), r)
+    return dilate_square(mask, r)
 
 
 def estimate_background(image: np.ndarray, mask: np.ndarray | None = None, mesh_px: int = 128,

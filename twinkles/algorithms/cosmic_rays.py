@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import astroscrappy
 import numpy as np
 
 __all__ = ["CosmicRayResult", "find_cosmic_rays"]
@@ -26,53 +25,58 @@ class CosmicRayResult:
 def find_cosmic_rays(image: np.ndarray, background: np.ndarray, variance: np.ndarray,
                      bad_mask: np.ndarray | None = None, sigclip: float = 5.0, objlim: float = 5.0,
                      sigfrac: float = 0.3, niter: int = 2, saturation: float = np.inf,
-                     read_noise: float = 5.0, grow_px: int = 1, tile_px: int = 32,
-                     prefilter_sigma: float = 4.5) -> CosmicRayResult:
+                     read_noise: float = 5.0, grow_px: int = 1, tile_px: int = 16,
+                     prefilter_sigma: float = 4.5, min_sharpness: float = 0.25,
+                     margin_px: int = 6, reach_px: int = 3) -> CosmicRayResult:
     """Find cosmic rays on a background-subtracted ``image`` (electrons) and interpolate over them.
 
     ``sigclip``: Laplacian/noise threshold (sigma); ``objlim``: minimum contrast between the Laplacian and the
     fine-structure image, which protects star cores (L.A.Cosmic's f_lim); ``grow_px``: dilate the CR mask.
+    The cosmic-ray pixels and the grown ring are replaced by the mean of the unaffected pixels in a 5 x 5 box
+    (widened where it holds none).
 
     Speed: L.A.Cosmic's median filters cost ~1 s per megapixel, yet cosmic rays touch few places. With
     ``tile_px`` > 0 the image is cut into tiles and astroscrappy runs once, on a mosaic of only the tiles (each
-    with an 8-pixel margin: its filters reach 3-5 pixels) holding a pixel brighter than the mean of a pair of
-    opposite neighbours by ``prefilter_sigma`` sigma (and above the sky by ``prefilter_sigma - 1``) -- what
-    L.A.Cosmic's Laplacian test on the 2x subsampled image requires at ``sigclip`` > ``prefilter_sigma``. On a
-    4k x 4k visit this finds 99.5% of the pixels the whole-image run finds, 6x faster.
+    with a ``margin_px`` margin: its filters and neighbour growth reach 4-6 pixels) holding a candidate pixel, or
+    within ``reach_px`` of one (a track running into the next tile). A candidate is brighter than the mean of a
+    pair of opposite neighbours by ``prefilter_sigma`` sigma (and above the sky by ``prefilter_sigma - 1``) --
+    what L.A.Cosmic's Laplacian test on the 2x subsampled image requires at ``sigclip`` > ``prefilter_sigma`` --
+    and by at least ``min_sharpness`` of its own height (star cores, which L.A.Cosmic's ``objlim`` test protects
+    anyway, are smooth: 0.1-0.2; cosmic rays 0.4-1). One compiled pass makes the tile list
+    (:func:`~twinkles.algorithms.pixel_kernels.cr_candidate_tiles`). On 4k x 4k r and u visits this finds every
+    pixel the previous 32-pixel-tile version found (itself 99.5% of a whole-image run) but 0.03%, plus a few
+    more, on a mosaic of ~8% of the image.
     """
-    data = np.ascontiguousarray(image + background, dtype=np.float32)
-    inmask = np.zeros(data.shape, bool) if bad_mask is None else np.ascontiguousarray(bad_mask, dtype=bool)
-    var = np.ascontiguousarray(variance, dtype=np.float32)
-    bad_var = ~(np.isfinite(var) & (var > 0))
-    if bad_var.any():
-        var = np.where(bad_var, np.nanmedian(np.where(bad_var, np.nan, var)[::4, ::4]), var).astype(np.float32)
-    satlevel = float(saturation) if np.isfinite(saturation) else float(np.nanmax(data) * 10 + 1e6)
+    import astroscrappy
+
+    from .pixel_kernels import cr_candidate_tiles, dilate_cross, interpolate_from_neighbours
+
+    sub = np.ascontiguousarray(image, dtype=np.float32)
     bkg32 = np.ascontiguousarray(background, dtype=np.float32)
+    var = np.ascontiguousarray(variance, dtype=np.float32)
+    inmask = np.zeros(sub.shape, bool) if bad_mask is None else np.ascontiguousarray(bad_mask, dtype=bool)
+    ny, nx = sub.shape
+    sample = var[::8, ::8]
+    sample = sample[np.isfinite(sample) & (sample > 0)]
+    var_fill = float(np.median(sample)) if len(sample) else 1.0
     kwargs = dict(sigclip=sigclip, sigfrac=sigfrac, objlim=objlim, gain=1.0, readnoise=read_noise,
-                  satlevel=satlevel, niter=niter, sepmed=True, cleantype="meanmask", fsmode="median")
-    ny, nx = data.shape
+                  niter=niter, sepmed=True, cleantype="meanmask", fsmode="median")
     if tile_px and tile_px * 4 < max(nx, ny):
-        crmask = np.zeros(data.shape, bool)
-        cleaned = data.copy()
-        sharp = np.zeros(data.shape, bool)
-        c = data[1:-1, 1:-1]
-        pair = np.maximum(c - 0.5 * (data[:-2, 1:-1] + data[2:, 1:-1]), c - 0.5 * (data[1:-1, :-2] + data[1:-1, 2:]))
-        noise = np.sqrt(var[1:-1, 1:-1])
-        sharp[1:-1, 1:-1] = (pair > prefilter_sigma * noise) & (image[1:-1, 1:-1] > (prefilter_sigma - 1) * noise)
-        sharp &= ~inmask
-        ty, tx = np.nonzero(sharp)
+        crmask = np.zeros(sub.shape, bool)
+        tiles = np.flatnonzero(cr_candidate_tiles(sub, bkg32, var, inmask, int(tile_px), float(prefilter_sigma),
+                                                  float(min_sharpness), int(reach_px)))
         ntx = (nx + tile_px - 1) // tile_px
-        tiles = np.unique((ty // tile_px) * ntx + tx // tile_px)
         if len(tiles):
             # one astroscrappy call on a mosaic of the candidate tiles, each with its own margin (L.A.Cosmic's
             # filters reach 3 pixels, so tiles do not see each other)
-            m = 8
+            m = int(margin_px)
             side = tile_px + 2 * m
             ncol = int(np.ceil(np.sqrt(len(tiles))))
             nrow = int(np.ceil(len(tiles) / ncol))
-            mos = {k: np.zeros((nrow * side, ncol * side), dtype=a.dtype)
-                   for k, a in (("data", data), ("bkg", bkg32), ("var", var), ("mask", inmask))}
-            mos["mask"][:] = True
+            mos_data = np.zeros((nrow * side, ncol * side), np.float32)
+            mos_bkg = np.zeros_like(mos_data)
+            mos_var = np.zeros_like(mos_data)
+            mos_mask = np.ones(mos_data.shape, bool)
             places = []
             for k, t in enumerate(tiles):
                 j, i = divmod(int(t), ntx)
@@ -83,60 +87,43 @@ def find_cosmic_rays(image: np.ndarray, background: np.ndarray, variance: np.nda
                 my0, mx0 = r * side + (ys0 - y0), c * side + (xs0 - x0)
                 dst = (slice(my0, my0 + ys1 - ys0), slice(mx0, mx0 + xs1 - xs0))
                 src = (slice(ys0, ys1), slice(xs0, xs1))
-                mos["data"][dst] = data[src]
-                mos["bkg"][dst] = bkg32[src]
-                mos["var"][dst] = var[src]
-                mos["mask"][dst] = inmask[src]
+                np.add(sub[src], bkg32[src], out=mos_data[dst])
+                mos_bkg[dst] = bkg32[src]
+                mos_var[dst] = var[src]
+                mos_mask[dst] = inmask[src]
                 places.append((r, c, y0, x0))
-            # pixels outside the image inside a border tile: sky level, masked
-            fill = mos["mask"] & (mos["var"] == 0)
-            mos["var"][fill] = float(np.median(var[::8, ::8]))
-            cm, cl = astroscrappy.detect_cosmics(mos["data"], inmask=mos["mask"], inbkg=mos["bkg"], invar=mos["var"],
-                                                 **kwargs)
+            # pixels outside the image inside a border tile, or without a usable variance: sky level, masked
+            bad_var = ~(np.isfinite(mos_var) & (mos_var > 0))
+            mos_var[bad_var] = var_fill
+            nonfinite = ~np.isfinite(mos_data)
+            mos_mask |= nonfinite
+            mos_data[nonfinite] = 0.0
+            satlevel = float(saturation) if np.isfinite(saturation) else float(mos_data.max() * 10 + 1e6)
+            cm, _ = astroscrappy.detect_cosmics(mos_data, inmask=mos_mask, inbkg=mos_bkg, invar=mos_var,
+                                                satlevel=satlevel, **kwargs)
             cm = np.asarray(cm, bool)
-            cl = np.asarray(cl, np.float32)
             for r, c, y0, x0 in places:
                 iy0, ix0 = y0 + m, x0 + m
                 iy1, ix1 = min(ny, iy0 + tile_px), min(nx, ix0 + tile_px)
                 my0, mx0 = r * side + m, c * side + m
                 crmask[iy0:iy1, ix0:ix1] = cm[my0:my0 + iy1 - iy0, mx0:mx0 + ix1 - ix0]
-                cleaned[iy0:iy1, ix0:ix1] = cl[my0:my0 + iy1 - iy0, mx0:mx0 + ix1 - ix0]
     else:
-        crmask, cleaned = astroscrappy.detect_cosmics(data, inmask=inmask, inbkg=bkg32, invar=var, **kwargs)
+        data = np.where(np.isfinite(sub), sub + bkg32, 0.0).astype(np.float32)
+        var = np.where(np.isfinite(var) & (var > 0), var, var_fill).astype(np.float32)
+        satlevel = float(saturation) if np.isfinite(saturation) else float(data.max() * 10 + 1e6)
+        crmask, _ = astroscrappy.detect_cosmics(data, inmask=inmask, inbkg=bkg32, invar=var, satlevel=satlevel,
+                                                **kwargs)
     crmask = np.asarray(crmask, bool) & ~inmask
-    if grow_px > 0 and crmask.any():
-        from .background import grow_mask
-        grown = grow_mask(crmask, grow_px) & ~inmask
-        # replace the grown ring too: mean of the surrounding unaffected pixels
-        cleaned = _interpolate_masked(np.asarray(cleaned, np.float32), grown | inmask, grown)
-        crmask = grown
-    cleaned = np.asarray(cleaned, np.float32) - background
-    return CosmicRayResult(crmask, cleaned.astype(np.float32), int(crmask.sum()))
+    cleaned = sub.copy()
+    if crmask.any():
+        if grow_px > 0:
+            grown = dilate_cross(crmask) if grow_px == 1 else _grow(crmask, grow_px)
+            crmask = grown & ~inmask
+        ys, xs = np.nonzero(crmask)
+        cleaned[ys, xs] = interpolate_from_neighbours(sub, bkg32, crmask | inmask, ys, xs, 5)
+    return CosmicRayResult(crmask, cleaned, int(crmask.sum()))
 
 
-def _interpolate_masked(data: np.ndarray, exclude: np.ndarray, target: np.ndarray, box: int = 5) -> np.ndarray:
-    """Replace ``target`` pixels by the mean of the non-``exclude`` pixels in a ``box`` x ``box`` neighbourhood
-    (widening the box where none is available); works region by region, so the cost scales with the number of
-    target pixels, not the image size."""
-    from scipy import ndimage
-    out = data.copy()
-    labels, n = ndimage.label(target, structure=np.ones((3, 3), int))
-    ny, nx = data.shape
-    for sl in ndimage.find_objects(labels):
-        pad = 3 * box
-        y0, y1 = max(0, sl[0].start - pad), min(ny, sl[0].stop + pad)
-        x0, x1 = max(0, sl[1].start - pad), min(nx, sl[1].stop + pad)
-        d = data[y0:y1, x0:x1].astype(np.float64)
-        ex = exclude[y0:y1, x0:x1]
-        remaining = target[y0:y1, x0:x1].copy()
-        good = (~ex).astype(np.float64)
-        size = box
-        while remaining.any() and size <= 2 * pad + 1:
-            sm = ndimage.uniform_filter(np.where(ex, 0.0, d), size, mode="nearest")
-            w = ndimage.uniform_filter(good, size, mode="nearest")
-            ok = remaining & (w > 1e-6)
-            sub = out[y0:y1, x0:x1]
-            sub[ok] = (sm[ok] / w[ok]).astype(out.dtype)
-            remaining &= ~ok
-            size = size * 2 + 1
-    return out
+def _grow(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    from .background import grow_mask
+    return grow_mask(mask, radius_px)

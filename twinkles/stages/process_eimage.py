@@ -20,6 +20,7 @@ Bad input (no WCS, all-NaN pixels, no usable stars, too few reference matches) r
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -136,7 +137,8 @@ class Result:
     calexp: Exposure
     background: np.ndarray  # the subtracted background, electrons (float32)
     src: Table
-    metadata: dict
+    metadata: dict  # written as process_eimage_metadata: a function of the inputs only (no timings)
+    timings: dict = field(default_factory=dict)  # seconds per step (wall) and "cpu_s"; not written
 
 
 def source_id(visit: int, detector: int, index) -> np.ndarray:
@@ -243,7 +245,8 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
                               saturation=saturation, read_noise=read_noise)
         mask[cr.mask] |= mask_bit("CR", "INTRP")
         sub = cr.cleaned
-        image = (sub + bkg.image).astype(np.float32)
+        cy, cx = np.nonzero(cr.mask)
+        image[cy, cx] = sub[cy, cx] + bkg.image[cy, cx]  # image is our own copy (made above)
         n_cr = cr.n_pixels
     timings["cosmic_rays"] = time.perf_counter() - t0
 
@@ -464,11 +467,11 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
         "astrom_initial_rotation_deg": astrom.initial_rotation_deg,
         "n_sources": int(n), "n_cr_pixels": int(n_cr), "n_saturated_pixels": int(sat.sum()),
         "n_no_data_pixels": int(no_data.sum()), "variance_from_image": variance_from_image,
-        "timings_s": timings, "cpu_s": time.process_time() - t_start,
     }
-    calexp_meta = {k: v for k, v in meta.items() if isinstance(v, (int, float, str)) and k != "cpu_s"}
+    timings["cpu_s"] = time.process_time() - t_start
+    calexp_meta = {k: v for k, v in meta.items() if isinstance(v, (int, float, str))}
     calexp = Exposure(sub, mask, variance, astrom.wcs, psf, photo_calib, info, calexp_meta)
-    return Result(calexp, bkg.image.astype(np.float32), out, meta)
+    return Result(calexp, bkg.image.astype(np.float32), out, meta, timings)
 
 
 def run_quantum(butler, data_id: dict, config: Config) -> dict:
@@ -481,4 +484,8 @@ def run_quantum(butler, data_id: dict, config: Config) -> dict:
     butler.put(result.background, "calexp_background", did)
     butler.put(result.src, "src", did)
     butler.put(result.metadata, "process_eimage_metadata", did)
-    return result.metadata
+    # the timings go to the job's record, not into the dataset: a re-run must write identical files
+    log.info("visit %s detector %s timings (s): %s", did["visit"], did["detector"],
+             json.dumps({k: round(v, 3) for k, v in result.timings.items()}))
+    return dict(result.metadata, timings_s={k: v for k, v in result.timings.items() if k != "cpu_s"},
+                cpu_s=result.timings.get("cpu_s"))
