@@ -54,8 +54,17 @@ def significance_image(image: np.ndarray, variance: np.ndarray, psf_sigma_px: fl
     anyway; one filter pass fewer). Pixels that are ``bad``, non-finite or without positive variance get zero
     weight.
     """
-    image = np.asarray(image, np.float32)
-    variance = np.asarray(variance, np.float32)
+    image = np.ascontiguousarray(image, np.float32)
+    variance = np.ascontiguousarray(variance, np.float32)
+    if not smooth_variance:
+        # one compiled pass (the same formula, double-precision sums)
+        from .pixel_kernels import matched_filter_snr
+        radius = int(truncate * psf_sigma_px + 0.5)
+        r = np.arange(-radius, radius + 1)
+        kernel = np.exp(-0.5 * (r / psf_sigma_px) ** 2)
+        kernel /= kernel.sum()
+        bad_map = np.zeros(image.shape, bool) if bad is None else np.ascontiguousarray(bad, bool)
+        return matched_filter_snr(image, variance, bad_map, kernel, 1.0 / (4.0 * math.pi * psf_sigma_px ** 2))
     inv = np.zeros(image.shape, np.float32)
     np.divide(1.0, variance, out=inv, where=variance > 0)
     weighted = image * inv

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["cr_candidate_tiles", "interpolate_from_neighbours", "dilate_square", "dilate_cross", "dilate_disc"]
+__all__ = ["cr_candidate_tiles", "interpolate_from_neighbours", "dilate_square", "dilate_cross", "dilate_disc",
+           "matched_filter_snr", "bin2x2", "bin2x2_any"]
 
 
 @njit(cache=True, nogil=True)
@@ -156,4 +157,69 @@ def dilate_disc(mask, r):  # pragma: no cover - jit
                         xx = x + dx
                         if 0 <= xx < nx and dx * dx + dy * dy <= r * r:
                             out[yy, xx] = True
+    return out
+
+
+@njit(cache=True, nogil=True)
+def matched_filter_snr(image, variance, bad, kernel, den_scale):  # pragma: no cover - jit
+    """``S/N = (K * (I/V)) / sqrt(den_scale / V)`` with K the separable kernel ``outer(kernel, kernel)`` (zero
+    outside the image); pixels that are ``bad``, non-finite or without positive variance get zero weight. Rows
+    then columns, each output row accumulated in double precision."""
+    ny, nx = image.shape
+    h = len(kernel) // 2
+    w = np.zeros((ny, nx), np.float32)
+    inv = np.zeros((ny, nx), np.float32)
+    for y in range(ny):
+        for x in range(nx):
+            v = variance[y, x]
+            if v > 0 and not bad[y, x]:
+                iv = np.float32(1.0) / v
+                wi = image[y, x] * iv
+                if np.isfinite(wi):
+                    w[y, x] = wi
+                    inv[y, x] = iv
+    tmp = np.empty((ny, nx), np.float32)
+    row = np.empty(nx, np.float64)
+    for y in range(ny):
+        row[:] = 0.0
+        for k in range(-h, h + 1):
+            c = kernel[k + h]
+            for x in range(max(0, -k), min(nx, nx - k)):
+                row[x] += c * w[y, x + k]
+        for x in range(nx):
+            tmp[y, x] = row[x]
+    snr = np.zeros((ny, nx), np.float32)
+    for y in range(ny):
+        row[:] = 0.0
+        for k in range(max(-h, -y), min(h, ny - 1 - y) + 1):
+            c = kernel[k + h]
+            for x in range(nx):
+                row[x] += c * tmp[y + k, x]
+        for x in range(nx):
+            d = inv[y, x] * den_scale
+            if d > 0:
+                snr[y, x] = np.float32(row[x]) / np.sqrt(np.float32(d))
+    return snr
+
+
+@njit(cache=True, nogil=True)
+def bin2x2(a):  # pragma: no cover - jit
+    """Sums over 2 x 2 blocks (an odd last row or column is dropped), as float32."""
+    ny, nx = a.shape[0] // 2, a.shape[1] // 2
+    out = np.empty((ny, nx), np.float32)
+    for y in range(ny):
+        for x in range(nx):
+            out[y, x] = (np.float64(a[2 * y, 2 * x]) + a[2 * y, 2 * x + 1]) + (np.float64(a[2 * y + 1, 2 * x])
+                                                                             + a[2 * y + 1, 2 * x + 1])
+    return out
+
+
+@njit(cache=True, nogil=True)
+def bin2x2_any(a):  # pragma: no cover - jit
+    """True where any pixel of a 2 x 2 block is (an odd last row or column is dropped)."""
+    ny, nx = a.shape[0] // 2, a.shape[1] // 2
+    out = np.zeros((ny, nx), np.bool_)
+    for y in range(ny):
+        for x in range(nx):
+            out[y, x] = a[2 * y, 2 * x] or a[2 * y, 2 * x + 1] or a[2 * y + 1, 2 * x] or a[2 * y + 1, 2 * x + 1]
     return out

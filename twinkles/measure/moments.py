@@ -47,7 +47,8 @@ def adaptive_moments(image: np.ndarray, x, y, good=None, guess_sigma: float = 2.
     y = np.atleast_1d(np.asarray(y, float))
     if size is None:
         size = 2 * int(np.ceil(5.0 * guess_sigma)) + 1
-    stamps, inside = extract_stamps(np.asarray(image, np.float64), x, y, size)
+    stamps, inside = extract_stamps(np.asarray(image), x, y, size)
+    stamps = stamps.astype(np.float64)
     if good is not None:
         g, _ = extract_stamps(good, x, y, size, fill=False)
         inside = inside & g

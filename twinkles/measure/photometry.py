@@ -80,7 +80,7 @@ def forced_psf_flux(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | 
         bad_mask_bits = mask_bit("NO_DATA", "BAD", "SAT")
     stamps = psf if isinstance(psf, PsfStamps) else PsfStamps(psf, image.shape)
     good = None if mask is None else (np.asarray(mask) & bad_mask_bits) == 0
-    return psf_flux(np.asarray(image, np.float64), np.asarray(variance, np.float64), stamps, x, y, good, size)
+    return psf_flux(_float_plane(image), _float_plane(variance), stamps, x, y, good, size)
 
 
 def aperture_fluxes(image: np.ndarray, variance: np.ndarray, x, y, radii=APERTURE_RADII, bad=None):
@@ -89,8 +89,9 @@ def aperture_fluxes(image: np.ndarray, variance: np.ndarray, x, y, radii=APERTUR
     Returns a dict ``{radius: (flux, flux_err, flag)}``; ``flag`` is True where the aperture runs off the image
     or contains ``bad`` pixels (which are excluded from the sum).
     """
-    data = np.ascontiguousarray(image, dtype=np.float64)
-    var = np.ascontiguousarray(variance, dtype=np.float64)
+    # sep sums float32 pixels (its PIXTYPE) whatever the input type: float32 planes go in without a copy
+    data = _sep_plane(image)
+    var = _sep_plane(variance)
     x = np.ascontiguousarray(x, dtype=np.float64)
     y = np.ascontiguousarray(y, dtype=np.float64)
     mask = None if bad is None else np.ascontiguousarray(bad, dtype=bool)
@@ -99,6 +100,20 @@ def aperture_fluxes(image: np.ndarray, variance: np.ndarray, x, y, radii=APERTUR
         f, e, fl = sep.sum_circle(data, x, y, float(r), var=var, mask=mask, subpix=0)
         out[r] = (np.asarray(f), np.asarray(e), np.asarray(fl) != 0)
     return out
+
+
+def _float_plane(a) -> np.ndarray:
+    """A float32 or float64 image as it is (no copy: stamps are cut from it and computed on in float64);
+    anything else as float64."""
+    a = np.asarray(a)
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
+
+
+def _sep_plane(a) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype == np.float32 and a.dtype.isnative:
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a, dtype=np.float64)
 
 
 def deblended_aperture_fluxes(image: np.ndarray, variance: np.ndarray, footprints: np.ndarray, own_labels,
@@ -116,7 +131,8 @@ def deblended_aperture_fluxes(image: np.ndarray, variance: np.ndarray, footprint
     y = np.atleast_1d(np.asarray(y, float))
     rmax = max(list(radii) + ([annulus[1]] if annulus else []))
     size = 2 * int(np.ceil(rmax)) + 5
-    im, inside = extract_stamps(np.asarray(image, np.float64), x, y, size)
+    im, inside = extract_stamps(_float_plane(image), x, y, size)
+    im = im.astype(np.float64)
     fp, _ = extract_stamps(np.asarray(footprints), x, y, size, fill=-1)
     own = np.asarray(own_labels)[:, None, None]
     other = ((fp != 0) & (fp != own)) | ~inside
@@ -124,7 +140,8 @@ def deblended_aperture_fluxes(image: np.ndarray, variance: np.ndarray, footprint
         other = ndimage.binary_dilation(other, structure=np.ones((1, 2 * grow_px + 1, 2 * grow_px + 1), bool))
     model = psf_stamps.stamps(x, y, size) * np.asarray(psf_flux_values, float)[:, None, None]
     patched = np.where(other, model, im)
-    var, _ = extract_stamps(np.asarray(variance, np.float64), x, y, size)
+    var, _ = extract_stamps(_float_plane(variance), x, y, size)
+    var = var.astype(np.float64)
     var = np.where(other, 0.0, var)
     c = size // 2
     out = {r: (np.empty(len(x)), np.empty(len(x))) for r in radii}

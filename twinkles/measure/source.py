@@ -18,7 +18,7 @@ from ..psf import SIGMA_TO_FWHM
 from .centroid import windowed_centroid
 from .flags import pixel_flags
 from .moments import adaptive_moments, moments_from_stamps
-from .photometry import APERTURE_RADII, aperture_column, aperture_fluxes, psf_flux
+from .photometry import APERTURE_RADII, _float_plane, aperture_column, aperture_fluxes, psf_flux
 from .stamps import PsfStamps
 
 __all__ = ["MeasurementConfig", "measure_sources", "extendedness", "apply_calibration", "FLUX_COLUMNS"]
@@ -50,8 +50,9 @@ def measure_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, p
     positions are kept (forced measurement).
     """
     config = config or MeasurementConfig()
-    image = np.asarray(image, np.float64)
-    variance = np.asarray(variance, np.float64)
+    # no float64 copies of whole images: stamps are cut from the float32 planes and computed on in float64
+    image = _float_plane(image)
+    variance = _float_plane(variance)
     mask = np.asarray(mask)
     x = np.atleast_1d(np.asarray(x, float)).copy()
     y = np.atleast_1d(np.asarray(y, float)).copy()
@@ -97,7 +98,7 @@ def measure_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, p
     if background is not None and n:
         yi = np.clip(np.rint(yc).astype(int), 0, image.shape[0] - 1)
         xi = np.clip(np.rint(xc).astype(int), 0, image.shape[1] - 1)
-        t["sky"] = np.asarray(background, np.float64)[yi, xi]
+        t["sky"] = np.asarray(background)[yi, xi].astype(np.float64)
     else:
         t["sky"] = np.zeros(n)
     edge_px = int(math.ceil(fwhm))

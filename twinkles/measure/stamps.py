@@ -29,15 +29,28 @@ def extract_stamps(array: np.ndarray, x: np.ndarray, y: np.ndarray, size: int, f
     if size % 2 == 0:
         size += 1
     ny, nx = array.shape
-    off = stamp_offsets(size)
+    h = size // 2
     xc = np.rint(np.asarray(x, float)).astype(np.int64)
     yc = np.rint(np.asarray(y, float)).astype(np.int64)
-    xx = xc[:, None, None] + off[None, None, :]
-    yy = yc[:, None, None] + off[None, :, None]
-    inside = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
-    stamps = array[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
-    if not inside.all():
-        stamps = np.where(inside, stamps, np.asarray(fill, dtype=array.dtype))
+    n = len(xc)
+    interior = (xc >= h) & (xc < nx - h) & (yc >= h) & (yc < ny - h)
+    stamps = np.empty((n, size, size), dtype=array.dtype)
+    inside = np.ones((n, size, size), bool)
+    if interior.any() and ny >= size and nx >= size:
+        # whole stamps: a gather of (size, size) windows of a strided view (no index arrays, no clipping)
+        windows = np.lib.stride_tricks.sliding_window_view(array, (size, size))
+        stamps[interior] = windows[yc[interior] - h, xc[interior] - h]
+    else:
+        interior[:] = False
+    if not interior.all():
+        edge = ~interior
+        off = stamp_offsets(size)
+        xx = xc[edge][:, None, None] + off[None, None, :]
+        yy = yc[edge][:, None, None] + off[None, :, None]
+        ins = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
+        st = array[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
+        stamps[edge] = np.where(ins, st, np.asarray(fill, dtype=array.dtype))
+        inside[edge] = ins
     return stamps, inside
 
 

@@ -35,6 +35,7 @@ from ..algorithms.cosmic_rays import find_cosmic_rays
 from ..algorithms.detection import detect_sources, edge_mask, saturation_mask
 from ..algorithms.photocal import (PhotoCalError, aperture_correction, fit_zero_point, reference_magnitudes,
                                    REFERENCE_BAND)
+from ..algorithms.pixel_kernels import bin2x2, bin2x2_any
 from ..algorithms.psf_model import PsfFitError, fit_piff_psf, fit_pixel_psf, select_psf_stars
 from ..image import Exposure, PhotoCalib, mask_bit, wcs_is_celestial
 from ..measure import (MeasurementConfig, PsfStamps, apply_calibration, extendedness, measure_sources,
@@ -162,12 +163,8 @@ def _binned_footprints(image, variance, bad, sigma_px: float, threshold: float) 
     """Pixels of the sources detected on the 2x2-binned image (sums of image and variance), at full resolution."""
     ny, nx = image.shape
     ey, ex = ny - ny % 2, nx - nx % 2
-
-    def b(a):
-        return a[:ey, :ex].reshape(ey // 2, 2, ex // 2, 2).sum(axis=(1, 3))
-
-    det = detect_sources(b(image), b(variance), sigma_px / 2.0, threshold, ignore=b(bad.astype(np.float32)) > 0,
-                         grow_sigma=0.0, find_peaks=False)
+    det = detect_sources(bin2x2(image), bin2x2(variance), sigma_px / 2.0, threshold,
+                         ignore=bin2x2_any(np.ascontiguousarray(bad)), grow_sigma=0.0, find_peaks=False)
     full = np.zeros((ny, nx), bool)
     full[:ey, :ex] = np.repeat(np.repeat(det.detected, 2, axis=0), 2, axis=1)
     return full
