@@ -8,7 +8,7 @@ data) do not enter the estimate; cells with too few unmasked pixels are filled f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sep
@@ -19,9 +19,14 @@ __all__ = ["BackgroundResult", "estimate_background", "grow_mask"]
 @dataclass
 class BackgroundResult:
     image: np.ndarray  # background at every pixel (same units as the input image), float32
-    rms: np.ndarray  # background RMS at every pixel, float32
     level: float  # global background level (mean over the mesh)
     global_rms: float  # global background RMS
+    _sep_background: object = field(default=None, repr=False)
+
+    @property
+    def rms(self) -> np.ndarray:
+        """Background RMS at every pixel, float32 (interpolated from the mesh when asked for)."""
+        return self._sep_background.rms(dtype=np.float32)
 
 
 def grow_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
@@ -51,9 +56,8 @@ def estimate_background(image: np.ndarray, mask: np.ndarray | None = None, mesh_
     if bad.all():
         raise ValueError("estimate_background: every pixel is masked or non-finite; nothing to estimate from")
     if bad.any():
-        data = np.where(bad, 0.0, data).astype(np.float32)
+        data = np.where(bad, np.float32(0.0), data)
     ny, nx = data.shape
     mesh = int(max(8, min(mesh_px, ny, nx)))
     bkg = sep.Background(data, mask=bad, bw=mesh, bh=mesh, fw=filter_size, fh=filter_size, fthresh=fthresh)
-    return BackgroundResult(bkg.back(dtype=np.float32), bkg.rms(dtype=np.float32), float(bkg.globalback),
-                            float(bkg.globalrms))
+    return BackgroundResult(bkg.back(dtype=np.float32), float(bkg.globalback), float(bkg.globalrms), bkg)

@@ -10,7 +10,8 @@ import numpy as np
 from numba import njit
 
 __all__ = ["cr_candidate_tiles", "interpolate_from_neighbours", "dilate_square", "dilate_cross", "dilate_disc",
-           "matched_filter_snr", "bin2x2", "bin2x2_any"]
+           "matched_filter_snr", "bin2x2", "bin2x2_any",
+           "footprint_maxima"]
 
 
 @njit(cache=True, nogil=True)
@@ -223,3 +224,34 @@ def bin2x2_any(a):  # pragma: no cover - jit
         for x in range(nx):
             out[y, x] = a[2 * y, 2 * x] or a[2 * y, 2 * x + 1] or a[2 * y + 1, 2 * x] or a[2 * y + 1, 2 * x + 1]
     return out
+
+
+@njit(cache=True, nogil=True)
+def footprint_maxima(snr, labels):  # pragma: no cover - jit
+    """(y, x) of the pixels with a label > 0 whose value is >= each of its 8 neighbours' (row-major order)."""
+    ny, nx = snr.shape
+    n = 0
+    ys = np.empty(1024, np.int64)
+    xs = np.empty(1024, np.int64)
+    for y in range(ny):
+        for x in range(nx):
+            if labels[y, x] <= 0:
+                continue
+            v = snr[y, x]
+            ok = True
+            for dy in range(-1, 2):
+                yy = y + dy
+                if yy < 0 or yy >= ny:
+                    continue
+                for dx in range(-1, 2):
+                    xx = x + dx
+                    if (dy != 0 or dx != 0) and 0 <= xx < nx and not v >= snr[yy, xx]:
+                        ok = False
+            if ok:
+                if n == len(ys):
+                    ys = np.concatenate((ys, np.empty(n, np.int64)))
+                    xs = np.concatenate((xs, np.empty(n, np.int64)))
+                ys[n] = y
+                xs[n] = x
+                n += 1
+    return ys[:n], xs[:n]

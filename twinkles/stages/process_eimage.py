@@ -215,8 +215,8 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     no_data = (mask & mask_bit("NO_DATA", "BAD")) != 0
     sample = var_in[::4, ::4][finite[::4, ::4]]
     median_var = float(np.median(sample if len(sample) else var_in[finite]))
-    image = np.where(finite, raw, 0.0).astype(np.float32)
-    variance = np.where(finite, var_in, median_var).astype(np.float32)
+    image = np.where(finite, raw, np.float32(0.0))  # float32 throughout: no float64 copies of 4k x 4k planes
+    variance = np.where(finite, var_in, np.float32(median_var))
     pixel_scale = float(np.sqrt(abs(np.linalg.det(exposure.wcs.pixel_scale_matrix))) * 3600.0)
 
     saturation = config.detection.saturation_e or _meta_value(
@@ -258,7 +258,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
                                   config.background.filter_size)
     except ValueError:
         pass  # everything is covered by sources: keep the first estimate
-    sub = (image - bkg.image).astype(np.float32)
+    sub = image - bkg.image
     det = detect_sources(sub, variance, sigma0, dcfg.threshold, ignore=no_data, min_pixels=dcfg.min_pixels,
                          min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma, saturated=sat,
                          wing_contrast=dcfg.wing_contrast, wing_contrast_sigma=dcfg.wing_contrast_sigma)
@@ -468,7 +468,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     timings["cpu_s"] = time.process_time() - t_start
     calexp_meta = {k: v for k, v in meta.items() if isinstance(v, (int, float, str))}
     calexp = Exposure(sub, mask, variance, astrom.wcs, psf, photo_calib, info, calexp_meta)
-    return Result(calexp, bkg.image.astype(np.float32), out, meta, timings)
+    return Result(calexp, bkg.image, out, meta, timings)
 
 
 def run_quantum(butler, data_id: dict, config: Config) -> dict:
