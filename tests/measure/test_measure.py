@@ -125,6 +125,36 @@ def test_adaptive_moments_of_gaussian():
     assert np.allclose(mom["ixy"], 0, atol=0.01)
 
 
+def test_compiled_adaptive_moments_match_galsim_hsm():
+    """Our compiled adaptive-moment iteration against GalSim's FindAdaptiveMom on noisy stars and sheared,
+    off-centre galaxies (Sersic n = 1-4, some with masked pixels): the same moments to 1e-4 of ixx + iyy (the
+    iteration stops at relative changes of 1e-6), and the same failures but for a rare faint one."""
+    from twinkles.measure import moments_from_stamps
+    rng = np.random.default_rng(5)
+    stamps, weights = [], []
+    for i in range(150):
+        n = rng.choice([1.0, 2.5, 4.0])
+        hlr = rng.uniform(0.8, 3.0)
+        gal = galsim.Sersic(n, half_light_radius=hlr).shear(g1=rng.uniform(-0.4, 0.4), g2=rng.uniform(-0.4, 0.4))
+        obj = galsim.Convolve(gal, galsim.Gaussian(fwhm=FWHM)).withFlux(rng.uniform(500, 5e4))
+        im = obj.drawImage(nx=25, ny=25, scale=1.0, offset=rng.uniform(-1.5, 1.5, 2)).array
+        im = im + rng.normal(0, math.sqrt(SKY_VAR), im.shape)
+        w = np.ones(im.shape, np.int32)
+        if i % 5 == 0:
+            w[rng.integers(0, 25), :] = 0  # a masked row (a bleed trail, a bad column's neighbour)
+        stamps.append(im)
+        weights.append(w)
+    stamps, weights = np.array(stamps), np.array(weights)
+    ours = moments_from_stamps(stamps, weights, FWHM / 2.3548)
+    hsm = moments_from_stamps(stamps, weights, FWHM / 2.3548, method="hsm")
+    assert (ours["flag"] != hsm["flag"]).sum() <= 2
+    ok = ~ours["flag"] & ~hsm["flag"]
+    assert ok.sum() > 120
+    t = hsm["ixx"][ok] + hsm["iyy"][ok]
+    for c in ("ixx", "iyy", "ixy"):
+        assert np.max(np.abs(ours[c][ok] - hsm[c][ok]) / t) < 1e-4, c
+
+
 def test_pixel_flags():
     mask = np.zeros((50, 50), np.int32)
     mask[10, 10] = mask_bit("SAT")
