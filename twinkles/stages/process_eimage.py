@@ -32,7 +32,7 @@ from astropy.table import Table
 from ..algorithms.astrometry import AstrometryError, fit_astrometry
 from ..algorithms.background import estimate_background, grow_mask
 from ..algorithms.cosmic_rays import find_cosmic_rays
-from ..algorithms.detection import detect_sources, edge_mask, saturation_mask
+from ..algorithms.detection import detect_sources, saturation_mask
 from ..algorithms.photocal import (PhotoCalError, aperture_correction, fit_zero_point, reference_magnitudes,
                                    REFERENCE_BAND)
 from ..algorithms.pixel_kernels import bin2x2, bin2x2_any
@@ -170,6 +170,11 @@ def _binned_footprints(image, variance, bad, sigma_px: float, threshold: float) 
     return full
 
 
+def _set_bits(mask: np.ndarray, where: np.ndarray, *planes: str) -> None:
+    """OR the planes' bits into ``mask`` where ``where`` is True, in place (no gather/scatter copies)."""
+    np.bitwise_or(mask, np.int32(mask_bit(*planes)), out=mask, where=where)
+
+
 def _column(table: Table, name: str):
     return np.asarray(table[name], float) if name in table.colnames else None
 
@@ -211,12 +216,18 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     if finite.mean() < 0.05:
         raise fail(f"only {finite.mean():.1%} of the pixels are finite; the eimage is unusable")
     mask = np.array(exposure.mask, np.int32)
-    mask[~finite] |= mask_bit("NO_DATA")
+    all_finite = bool(finite.all())
+    # float32 throughout: no float64 copies of 4k x 4k planes; image is our own copy (CR pixels are replaced)
+    if all_finite:
+        image = raw.copy()
+        variance = np.array(var_in, np.float32)
+    else:
+        _set_bits(mask, ~finite, "NO_DATA")
+        sample = var_in[::4, ::4][finite[::4, ::4]]
+        median_var = float(np.median(sample if len(sample) else var_in[finite]))
+        image = np.where(finite, raw, np.float32(0.0))
+        variance = np.where(finite, var_in, np.float32(median_var))
     no_data = (mask & mask_bit("NO_DATA", "BAD")) != 0
-    sample = var_in[::4, ::4][finite[::4, ::4]]
-    median_var = float(np.median(sample if len(sample) else var_in[finite]))
-    image = np.where(finite, raw, np.float32(0.0))  # float32 throughout: no float64 copies of 4k x 4k planes
-    variance = np.where(finite, var_in, np.float32(median_var))
     pixel_scale = float(np.sqrt(abs(np.linalg.det(exposure.wcs.pixel_scale_matrix))) * 3600.0)
 
     saturation = config.detection.saturation_e or _meta_value(
@@ -227,9 +238,12 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
 
     # ------------------------------------------------------------------ masks and first background
     t0 = time.perf_counter()
-    sat = saturation_mask(raw, saturation) & finite
-    mask[sat] |= mask_bit("SAT")
-    bkg = estimate_background(image, sat | no_data, config.background.mesh_px, config.background.filter_size)
+    sat = saturation_mask(raw, saturation)
+    if not all_finite:
+        sat &= finite
+    _set_bits(mask, sat, "SAT")
+    sat_or_no_data = sat | no_data
+    bkg = estimate_background(image, sat_or_no_data, config.background.mesh_px, config.background.filter_size)
     timings["background1"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ cosmic rays
@@ -237,13 +251,13 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     n_cr = 0
     sub = image - bkg.image
     if config.detection.cosmic_rays:
-        cr = find_cosmic_rays(sub, bkg.image, variance, bad_mask=sat | no_data, sigclip=config.detection.cr_sigclip,
+        cr = find_cosmic_rays(sub, bkg.image, variance, bad_mask=sat_or_no_data, sigclip=config.detection.cr_sigclip,
                               objlim=config.detection.cr_objlim, niter=config.detection.cr_niter,
                               saturation=saturation, read_noise=read_noise)
-        mask[cr.mask] |= mask_bit("CR", "INTRP")
         sub = cr.cleaned
         cy, cx = np.nonzero(cr.mask)
-        image[cy, cx] = sub[cy, cx] + bkg.image[cy, cx]  # image is our own copy (made above)
+        mask[cy, cx] |= mask_bit("CR", "INTRP")
+        image[cy, cx] = sub[cy, cx] + bkg.image[cy, cx]
         n_cr = cr.n_pixels
     timings["cosmic_rays"] = time.perf_counter() - t0
 
@@ -254,7 +268,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     src_mask = grow_mask(_binned_footprints(sub, variance, no_data, sigma0, dcfg.threshold),
                          config.background.mask_grow_px)
     try:
-        bkg = estimate_background(image, src_mask | sat | no_data, config.background.mesh_px,
+        bkg = estimate_background(image, src_mask | sat_or_no_data, config.background.mesh_px,
                                   config.background.filter_size)
     except ValueError:
         pass  # everything is covered by sources: keep the first estimate
@@ -262,9 +276,12 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     det = detect_sources(sub, variance, sigma0, dcfg.threshold, ignore=no_data, min_pixels=dcfg.min_pixels,
                          min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma, saturated=sat,
                          wing_contrast=dcfg.wing_contrast, wing_contrast_sigma=dcfg.wing_contrast_sigma)
-    mask[det.detected] |= mask_bit("DETECTED")
+    _set_bits(mask, det.detected, "DETECTED")
     edge_width = int(math.ceil(3.0 * sigma0))
-    mask[edge_mask(sub.shape, edge_width)] |= mask_bit("EDGE")
+    if edge_width > 0:  # the EDGE plane (edge_mask's pixels), set strip by strip
+        edge = np.int32(mask_bit("EDGE"))
+        for strip in (mask[:edge_width], mask[-edge_width:], mask[:, :edge_width], mask[:, -edge_width:]):
+            strip |= edge
     timings["detection"] = time.perf_counter() - t0
     sources = det.sources
     if len(sources) == 0:
