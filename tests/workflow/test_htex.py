@@ -51,7 +51,7 @@ def _kill_orphan_workers(repo) -> None:
     marker = str(repo.root / "runinfo")
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "process_worker_pool" in cmd and marker in cmd:
+        if "worker_pool" in cmd and marker in cmd:  # Parsl's pool or ours (worker_pool.py)
             try:
                 for proc in p.children(recursive=True) + [p]:
                     proc.kill()
