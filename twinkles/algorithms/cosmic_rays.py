@@ -27,13 +27,14 @@ def find_cosmic_rays(image: np.ndarray, background: np.ndarray, variance: np.nda
                      sigfrac: float = 0.3, niter: int = 2, saturation: float = np.inf,
                      read_noise: float = 5.0, grow_px: int = 1, tile_px: int = 8,
                      prefilter_sigma: float = 4.5, min_sharpness: float = 0.25,
-                     margin_px: int = 6, reach_px: int = 1) -> CosmicRayResult:
+                     margin_px: int = 6, reach_px: int = 1, overwrite: bool = False) -> CosmicRayResult:
     """Find cosmic rays on a background-subtracted ``image`` (electrons) and interpolate over them.
 
     ``sigclip``: Laplacian/noise threshold (sigma); ``objlim``: minimum contrast between the Laplacian and the
     fine-structure image, which protects star cores (L.A.Cosmic's f_lim); ``grow_px``: dilate the CR mask.
     The cosmic-ray pixels and the grown ring are replaced by the mean of the unaffected pixels in a 5 x 5 box
-    (widened where it holds none).
+    (widened where it holds none); with ``overwrite`` (and a float32 ``image``) in ``image`` itself, which is then
+    also ``cleaned``.
 
     Speed: L.A.Cosmic's median filters cost ~1 s per megapixel, yet cosmic rays touch few places. With
     ``tile_px`` > 0 the image is cut into tiles and astroscrappy runs once, on a mosaic of only the tiles (each
@@ -115,7 +116,7 @@ def find_cosmic_rays(image: np.ndarray, background: np.ndarray, variance: np.nda
         crmask, _ = astroscrappy.detect_cosmics(data, inmask=inmask, inbkg=bkg32, invar=var, satlevel=satlevel,
                                                 **kwargs)
     crmask = np.asarray(crmask, bool) & ~inmask
-    cleaned = sub.copy()
+    cleaned = sub if overwrite and sub is image else sub.copy()
     if crmask.any():
         if grow_px > 0:
             grown = dilate_cross(crmask) if grow_px == 1 else _grow(crmask, grow_px)

@@ -123,8 +123,9 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, weight_mask: np.ndarr
     xi, yi = np.rint(x).astype(int), np.rint(y).astype(int)
     inside = (xi - h >= 0) & (yi - h >= 0) & (xi + h < nx) & (yi + h < ny)
     idx = np.nonzero(inside)[0]
-    im, ins = extract_stamps(np.asarray(image, np.float64), x[idx], y[idx], big)
-    var, _ = extract_stamps(np.asarray(variance, np.float64), x[idx], y[idx], big)
+    im, ins = extract_stamps(np.asarray(image), x[idx], y[idx], big)  # cut from the plane as it is, then float64
+    var, _ = extract_stamps(np.asarray(variance), x[idx], y[idx], big)
+    im, var = im.astype(np.float64), var.astype(np.float64)
     good, _ = extract_stamps(np.asarray(weight_mask, bool), x[idx], y[idx], big, fill=False)
     good &= ins & np.isfinite(im) & np.isfinite(var) & (var > 0)
     if footprints is not None and own_labels is not None:

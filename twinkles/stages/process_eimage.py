@@ -253,7 +253,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     if config.detection.cosmic_rays:
         cr = find_cosmic_rays(sub, bkg.image, variance, bad_mask=sat_or_no_data, sigclip=config.detection.cr_sigclip,
                               objlim=config.detection.cr_objlim, niter=config.detection.cr_niter,
-                              saturation=saturation, read_noise=read_noise)
+                              saturation=saturation, read_noise=read_noise, overwrite=True)
         sub = cr.cleaned
         cy, cx = np.nonzero(cr.mask)
         mask[cy, cx] |= mask_bit("CR", "INTRP")
