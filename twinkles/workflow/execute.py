@@ -82,6 +82,7 @@ def _local_htex_config(run_dir: Path, workers: int):
         address="127.0.0.1",
         loopback_address="127.0.0.1",
         max_workers_per_node=workers,
+        prefetch_capacity=workers,  # the next task waits in the pool: a worker starts it at once
         cores_per_worker=min(1.0, cores / workers),
         encrypted=False,  # loopback only
         heartbeat_period=2,
