@@ -108,13 +108,20 @@ def measure_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, p
 
 
 def _bilinear(xs, ys, values, x, y):
-    from scipy.interpolate import RegularGridInterpolator
+    """Bilinear interpolation of ``values[j, i]`` given at (xs[i], ys[j]) (increasing) at points (x, y), clipped to
+    the grid."""
     if len(xs) == 1 and len(ys) == 1:
         return np.full(len(x), values[0, 0])
     if len(xs) == 1 or len(ys) == 1:
         return np.full(len(x), float(np.nanmean(values)))
-    f = RegularGridInterpolator((ys, xs), values, bounds_error=False, fill_value=None)
-    return f(np.c_[np.clip(y, ys[0], ys[-1]), np.clip(x, xs[0], xs[-1])])
+    x = np.clip(np.asarray(x, float), xs[0], xs[-1])
+    y = np.clip(np.asarray(y, float), ys[0], ys[-1])
+    i = np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2)
+    j = np.clip(np.searchsorted(ys, y) - 1, 0, len(ys) - 2)
+    tx = (x - xs[i]) / (xs[i + 1] - xs[i])
+    ty = (y - ys[j]) / (ys[j + 1] - ys[j])
+    return ((1 - ty) * ((1 - tx) * values[j, i] + tx * values[j, i + 1])
+            + ty * ((1 - tx) * values[j + 1, i] + tx * values[j + 1, i + 1]))
 
 
 def extendedness(psf_flux, psf_flux_err, model_flux, model_flux_err, ratio: float = 0.985,
