@@ -2,13 +2,14 @@
 
 ``import parsl.executors.high_throughput.process_worker_pool`` (or ``.interchange``) first runs
 ``parsl/__init__.py`` and ``parsl/executors/__init__.py``, which import the whole library: the DataFlowKernel,
-every executor (Flux, Work Queue, Globus Compute...), ``typeguard``... (~0.3 s of CPU instead of ~0.15 s) that
-the interchange and the worker pool never use, paid one after the other before the first job of a run.
+every executor (Flux, Work Queue, Globus Compute...), ``typeguard``... that the interchange and the
+worker pool never use: ~0.3 s of CPU instead of ~0.15 s, paid one after the other before the first job of a run.
 
 Here those two packages (and ``parsl.monitoring``, whose ``__init__`` imports the monitoring hub) are registered
-with their ``__init__`` deferred: their submodules import as usual, and the first access to any other attribute (``parsl.python_app``, ``parsl.executors.HighThroughputExecutor``...)
-runs the real ``__init__`` then, so code that needs the full package still gets it. Only the processes Parsl
-starts for the local executor import this (:mod:`twinkles.workflow.worker_pool`); never the orchestrator.
+with their ``__init__`` deferred: their submodules import as usual, and the first access to any other attribute
+(``parsl.python_app``, ``parsl.executors.HighThroughputExecutor``...) runs the real ``__init__`` then, so code
+that needs the full package still gets it. Only the processes Parsl starts for the local executor import this
+(:mod:`twinkles.workflow.worker_pool`); never the orchestrator.
 """
 
 from __future__ import annotations
