@@ -165,28 +165,25 @@ def dilate_disc(mask, r):  # pragma: no cover - jit
 def matched_filter_snr(image, variance, bad, kernel, den_scale):  # pragma: no cover - jit
     """``S/N = (K * (I/V)) / sqrt(den_scale / V)`` with K the separable kernel ``outer(kernel, kernel)`` (zero
     outside the image); pixels that are ``bad``, non-finite or without positive variance get zero weight. Rows
-    then columns, each output row accumulated in double precision."""
+    (the weights made on the fly) then columns, each output row accumulated in double precision."""
     ny, nx = image.shape
     h = len(kernel) // 2
-    w = np.zeros((ny, nx), np.float32)
-    inv = np.zeros((ny, nx), np.float32)
-    for y in range(ny):
-        for x in range(nx):
-            v = variance[y, x]
-            if v > 0 and not bad[y, x]:
-                iv = np.float32(1.0) / v
-                wi = image[y, x] * iv
-                if np.isfinite(wi):
-                    w[y, x] = wi
-                    inv[y, x] = iv
     tmp = np.empty((ny, nx), np.float32)
+    w = np.empty(nx, np.float32)
     row = np.empty(nx, np.float64)
     for y in range(ny):
+        for x in range(nx):
+            w[x] = 0.0
+            v = variance[y, x]
+            if v > 0 and not bad[y, x]:
+                wi = image[y, x] * (np.float32(1.0) / v)
+                if np.isfinite(wi):
+                    w[x] = wi
         row[:] = 0.0
         for k in range(-h, h + 1):
             c = kernel[k + h]
             for x in range(max(0, -k), min(nx, nx - k)):
-                row[x] += c * w[y, x + k]
+                row[x] += c * w[x + k]
         for x in range(nx):
             tmp[y, x] = row[x]
     snr = np.zeros((ny, nx), np.float32)
@@ -197,9 +194,9 @@ def matched_filter_snr(image, variance, bad, kernel, den_scale):  # pragma: no c
             for x in range(nx):
                 row[x] += c * tmp[y + k, x]
         for x in range(nx):
-            d = inv[y, x] * den_scale
-            if d > 0:
-                snr[y, x] = np.float32(row[x]) / np.sqrt(np.float32(d))
+            v = variance[y, x]
+            if v > 0 and not bad[y, x] and np.isfinite(image[y, x] * (np.float32(1.0) / v)):
+                snr[y, x] = np.float32(row[x]) / np.sqrt(np.float32((np.float32(1.0) / v) * den_scale))
     return snr
 
 
