@@ -131,9 +131,6 @@ class Config:
     astrometry: AstrometryConfig = field(default_factory=AstrometryConfig)
     photocal: PhotoCalConfig = field(default_factory=PhotoCalConfig)
     measurement: MeasurementConfig = field(default_factory=MeasurementConfig)
-    # the job's process keeps freed 4k x 4k planes for reuse instead of handing them back to the kernel and
-    # faulting them in again, without transparent huge pages (see _tune_process_memory): ~1.5 s less system CPU
-    tune_memory: bool = True
 
 
 @dataclass
@@ -491,41 +488,8 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     return Result(calexp, bkg.image, out, meta, timings)
 
 
-_MEMORY_TUNED = False
-
-
-def _tune_process_memory() -> None:
-    """Process-wide allocator settings for jobs that make and drop many 64 MB arrays (once per process).
-
-    glibc serves allocations above M_MMAP_THRESHOLD (at most 32 MB by default) with mmap and returns them with
-    munmap when freed, so every new 4k x 4k float32 plane is faulted in page by page again; and numpy asks for
-    transparent huge pages on large arrays, which with this kernel's ``defrag=madvise`` makes the faults compact
-    memory synchronously. Measured on a 4k visit: 150k page faults and 1.6-2.3 s of system CPU, against 0.3-0.5 s
-    with allocations up to 1 GB kept on the heap (and the heap not trimmed) and no huge-page advice. The price:
-    the process keeps its peak heap (~1.3 GB) for the next job. Not glibc (macOS, musl): nothing is changed.
-    """
-    global _MEMORY_TUNED
-    if _MEMORY_TUNED:
-        return
-    _MEMORY_TUNED = True
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-        libc.mallopt(m_mmap_threshold, 1 << 30)
-        libc.mallopt(m_trim_threshold, (1 << 31) - 1)
-    except (OSError, AttributeError):
-        pass
-    set_hugepage = getattr(getattr(np, "_core", None), "multiarray", None)
-    set_hugepage = getattr(set_hugepage, "_set_madvise_hugepage", None)
-    if set_hugepage is not None:
-        set_hugepage(False)
-
-
 def run_quantum(butler, data_id: dict, config: Config) -> dict:
     """Read the eimage and the reference catalog, run, write calexp, calexp_background, src and metadata."""
-    if config.tune_memory:
-        _tune_process_memory()
     exposure = butler.get("eimage", data_id)
     ref_cat = butler.get("ref_cat", {})
     result = run(exposure, ref_cat, config, data_id)
