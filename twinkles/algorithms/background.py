@@ -50,13 +50,14 @@ def estimate_background(image: np.ndarray, mask: np.ndarray | None = None, mesh_
     Non-finite pixels are excluded automatically.
     """
     data = np.ascontiguousarray(image, dtype=np.float32)
-    bad = ~np.isfinite(data)
-    if mask is not None:
-        bad = bad | np.asarray(mask, bool)
-    if bad.all():
+    finite = np.isfinite(data)
+    bad = None if mask is None else np.ascontiguousarray(mask, dtype=bool)
+    if not finite.all():
+        # sep's statistics skip masked pixels whatever their values; only non-finite values need replacing
+        bad = ~finite if bad is None else bad | ~finite
+        data = np.where(finite, data, np.float32(0.0))
+    if bad is not None and bad.all():
         raise ValueError("estimate_background: every pixel is masked or non-finite; nothing to estimate from")
-    if bad.any():
-        data = np.where(bad, np.float32(0.0), data)
     ny, nx = data.shape
     mesh = int(max(8, min(mesh_px, ny, nx)))
     bkg = sep.Background(data, mask=bad, bw=mesh, bh=mesh, fw=filter_size, fh=filter_size, fthresh=fthresh)

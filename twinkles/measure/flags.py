@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from ..image import mask_bit
 from .stamps import extract_stamps
 
-__all__ = ["pixel_flags"]
+__all__ = ["pixel_flags", "mask_test"]
 
 
 def pixel_flags(mask: np.ndarray, x, y, center_radius_px: float = 1.5, any_radius_px: float = 3.0,
@@ -45,4 +46,15 @@ def pixel_flags(mask: np.ndarray, x, y, center_radius_px: float = 1.5, any_radiu
         "pixelFlags_crCenter": any_in(mask_bit("CR"), centre),
         "pixelFlags_bad": any_in(mask_bit("BAD"), near),
     }
+    return out
+
+
+@njit(cache=True, nogil=True)
+def mask_test(mask, bits, has):  # pragma: no cover - jit
+    """``(mask & bits) != 0`` if ``has`` else ``(mask & bits) == 0``, in one pass (no integer temporary)."""
+    ny, nx = mask.shape
+    out = np.empty((ny, nx), np.bool_)
+    for y in range(ny):
+        for x in range(nx):
+            out[y, x] = ((mask[y, x] & bits) != 0) == has
     return out

@@ -16,7 +16,7 @@ from astropy.table import Table
 from ..image import mask_bit
 from ..psf import SIGMA_TO_FWHM
 from .centroid import windowed_centroid
-from .flags import pixel_flags
+from .flags import mask_test, pixel_flags
 from .moments import adaptive_moments, moments_from_stamps
 from .photometry import APERTURE_RADII, _float_plane, aperture_column, aperture_fluxes, psf_flux
 from .stamps import PsfStamps
@@ -60,8 +60,9 @@ def measure_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, p
     stamps = psf_stamps or PsfStamps(psf, image.shape, n_grid=config.psf_grid)
     fwhm = float(psf.fwhm())
     sigma = fwhm / SIGMA_TO_FWHM
-    unusable = (mask & mask_bit("NO_DATA", "BAD")) != 0
-    good = ~unusable
+    mask32 = np.ascontiguousarray(mask, dtype=np.int32)
+    good = mask_test(mask32, mask_bit("NO_DATA", "BAD"), False)  # one pass, no integer temporary
+    unusable = ~good
     t = Table()
     if recentroid and n:
         xc, yc, xe, ye, cflag = windowed_centroid(image, variance, x, y, sigma, good=good,
@@ -74,7 +75,7 @@ def measure_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, p
     t["x"], t["y"] = xc, yc
     t["xErr"], t["yErr"] = xe, ye
     t["centroid_flag"] = cflag
-    fit_good = good & ((mask & mask_bit("SAT")) == 0)
+    fit_good = mask_test(mask32, mask_bit("NO_DATA", "BAD", "SAT"), False)
     pf, pe, pfl = psf_flux(image, variance, stamps, xc, yc, fit_good,
                            size=config.psf_fit_size or None)
     t["psfFlux"], t["psfFluxErr"], t["psfFlux_flag"] = pf, pe, pfl

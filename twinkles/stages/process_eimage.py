@@ -40,6 +40,7 @@ from ..algorithms.psf_model import PsfFitError, fit_piff_psf, fit_pixel_psf, sel
 from ..image import Exposure, PhotoCalib, mask_bit, wcs_is_celestial
 from ..measure import (MeasurementConfig, PsfStamps, apply_calibration, extendedness, measure_sources,
                        moments_to_fwhm)
+from ..measure.flags import mask_test
 from ..measure.photometry import deblended_aperture_fluxes
 from ..psf import SIGMA_TO_FWHM, GaussianPSF
 from . import ProcessingError
@@ -183,6 +184,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     """Process one e-image (electrons, with sky) into a calexp, its background, a Source table and metadata."""
     config = config or Config()
     t_start = time.process_time()
+    t_wall = time.perf_counter()
     timings: dict[str, float] = {}
     info = exposure.visit_info
     visit = int((data_id or {}).get("visit", info.visit if info else -1))
@@ -227,7 +229,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
         median_var = float(np.median(sample if len(sample) else var_in[finite]))
         image = np.where(finite, raw, np.float32(0.0))
         variance = np.where(finite, var_in, np.float32(median_var))
-    no_data = (mask & mask_bit("NO_DATA", "BAD")) != 0
+    no_data = mask_test(mask, mask_bit("NO_DATA", "BAD"), True)
     pixel_scale = float(np.sqrt(abs(np.linalg.det(exposure.wcs.pixel_scale_matrix))) * 3600.0)
 
     saturation = config.detection.saturation_e or _meta_value(
@@ -236,6 +238,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
                                                       and info.seeing_arcsec > 0 else 0.8)
     sigma0 = seeing / pixel_scale / SIGMA_TO_FWHM
 
+    timings["setup"] = time.perf_counter() - t_wall
     # ------------------------------------------------------------------ masks and first background
     t0 = time.perf_counter()
     sat = saturation_mask(raw, saturation)
@@ -311,7 +314,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
                    f"{pcfg.min_stars}); the image has no usable stars -- check the exposure, or lower "
                    "--config process_eimage.psf.min_snr")
     psel = np.nonzero(selection.selected)[0]
-    good_pix = (mask & mask_bit("NO_DATA", "BAD", "SAT", "CR")) == 0
+    good_pix = mask_test(mask, mask_bit("NO_DATA", "BAD", "SAT", "CR"), False)
     if pcfg.algorithm not in ("pixel", "piff"):
         raise fail(f"psf.algorithm={pcfg.algorithm!r}: use pixel or piff")
     try:
@@ -346,6 +349,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     timings["measurement"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ aperture correction
+    t0 = time.perf_counter()
     ps_idx = np.nonzero(psf_star)[0]
     annulus = (pcfg.apcorr_r2_px + 2.0, pcfg.apcorr_r2_px + 12.0) if pcfg.apcorr_local_background else None
     big = deblended_aperture_fluxes(sub, variance, det.footprints, sources["parent_id"][ps_idx], stamps,
@@ -364,6 +368,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     src["psfFlux"] = np.asarray(src["psfFlux"]) * apcorr.factor
     src["psfFluxErr"] = np.asarray(src["psfFluxErr"]) * apcorr.factor
 
+    timings["aperture_correction"] = time.perf_counter() - t0
     # ------------------------------------------------------------------ astrometry
     t0 = time.perf_counter()
     acfg = config.astrometry
@@ -419,6 +424,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     timings["photocal"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ the Source table
+    t0 = time.perf_counter()
     n = len(src)
     with np.errstate(divide="ignore", invalid="ignore"):
         c6 = np.nanmedian(np.asarray(src["psfFlux"])[psf_star] / np.asarray(src["apFlux_6_0"])[psf_star])
@@ -482,6 +488,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
         "n_sources": int(n), "n_cr_pixels": int(n_cr), "n_saturated_pixels": int(sat.sum()),
         "n_no_data_pixels": int(no_data.sum()), "variance_from_image": variance_from_image,
     }
+    timings["tables"] = time.perf_counter() - t0
     timings["cpu_s"] = time.process_time() - t_start
     calexp_meta = {k: v for k, v in meta.items() if isinstance(v, (int, float, str))}
     calexp = Exposure(sub, mask, variance, astrom.wcs, psf, photo_calib, info, calexp_meta)
