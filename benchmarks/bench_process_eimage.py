@@ -10,6 +10,11 @@ apt-get when missing and possible, else skipped with a message) is the classic o
 (vignettes), PSFEx to model the PSF, SExtractor again with the PSF model for PSF photometry. It does not find
 cosmic rays nor calibrate the astrometry or photometry, which ours does; the comparison is therefore
 conservative for us. Prints a table and the ratio ours / theirs; no assertion (speed is not a test).
+
+Ours runs the ``twinkles stage`` command's main() with INFO logging, so the stage's per-step timings (logged,
+not written: the metadata dataset must be identical when a job is re-run) are printed too. On a shared machine
+single runs vary by 10-20% (and the system CPU of ours, which makes and drops many 64 MB planes, by more):
+``--repeat N`` runs both pipelines N times, interleaved, and reports the medians.
 """
 
 from __future__ import annotations
