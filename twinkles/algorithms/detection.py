@@ -157,20 +157,27 @@ def detect_sources(image: np.ndarray, variance: np.ndarray, psf_sigma_px: float,
     yp, xp, val, foot = yp[keep], xp[keep], val[keep], foot[keep]
     sat_x = sat_y = None
     if saturated is not None and np.any(saturated) and len(val):
-        sat_lab, n_sat = ndimage.label(grow_mask(np.asarray(saturated, bool), 2), structure=np.ones((3, 3), int))
-        on = sat_lab[yp, xp]
+        # saturated regions (grown by 2 pixels) labelled inside their bounding box only
+        grown = grow_mask(np.asarray(saturated, bool), 2)
+        gy, gx = np.nonzero(grown)
+        y0, x0 = int(gy.min()), int(gx.min())
+        box = (slice(y0, int(gy.max()) + 1), slice(x0, int(gx.max()) + 1))
+        sat_lab, n_sat = ndimage.label(grown[box], structure=np.ones((3, 3), int))
+        in_box = (yp >= y0) & (yp < box[0].stop) & (xp >= x0) & (xp < box[1].stop)
+        on = np.zeros(len(yp), np.int64)
+        on[in_box] = sat_lab[yp[in_box] - y0, xp[in_box] - x0]
         keep = np.ones(len(val), bool)
         sat_x = np.full(len(val), np.nan)
         sat_y = np.full(len(val), np.nan)
         if n_sat:
-            sat_b = np.asarray(saturated, bool)
+            sat_b = np.asarray(saturated, bool)[box]
             cx_, cy_ = np.zeros(n_sat), np.zeros(n_sat)
             for k, sl in enumerate(ndimage.find_objects(sat_lab)):
                 if sl is None:
                     continue
                 yy, xx = np.nonzero((sat_lab[sl] == k + 1) & sat_b[sl])
                 if len(yy):
-                    cy_[k], cx_[k] = yy.mean() + sl[0].start, xx.mean() + sl[1].start
+                    cy_[k], cx_[k] = yy.mean() + sl[0].start + y0, xx.mean() + sl[1].start + x0
             for k in np.unique(on[on > 0]):
                 members = np.nonzero(on == k)[0]
                 best = members[np.argmax(val[members])]

@@ -11,7 +11,7 @@ from numba import njit
 
 __all__ = ["cr_candidate_tiles", "interpolate_from_neighbours", "dilate_square", "dilate_cross", "dilate_disc",
            "matched_filter_snr", "bin2x2", "bin2x2_any",
-           "footprint_maxima"]
+           "footprint_maxima", "usable_pixels"]
 
 
 @njit(cache=True, nogil=True)
@@ -252,3 +252,18 @@ def footprint_maxima(snr, labels):  # pragma: no cover - jit
                 xs[n] = x
                 n += 1
     return ys[:n], xs[:n]
+
+
+@njit(cache=True, nogil=True)
+def usable_pixels(image, variance):  # pragma: no cover - jit
+    """Bool map of pixels with a finite value and a finite, positive variance, and their number (one pass)."""
+    ny, nx = image.shape
+    out = np.empty((ny, nx), np.bool_)
+    n = 0
+    for y in range(ny):
+        for x in range(nx):
+            v = variance[y, x]
+            ok = np.isfinite(image[y, x]) and np.isfinite(v) and v > 0
+            out[y, x] = ok
+            n += ok
+    return out, n

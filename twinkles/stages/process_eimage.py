@@ -35,7 +35,7 @@ from ..algorithms.cosmic_rays import find_cosmic_rays
 from ..algorithms.detection import detect_sources, saturation_mask
 from ..algorithms.photocal import (PhotoCalError, aperture_correction, fit_zero_point, reference_magnitudes,
                                    REFERENCE_BAND)
-from ..algorithms.pixel_kernels import bin2x2, bin2x2_any
+from ..algorithms.pixel_kernels import bin2x2, bin2x2_any, usable_pixels
 from ..algorithms.psf_model import PsfFitError, fit_piff_psf, fit_pixel_psf, select_psf_stars
 from ..image import Exposure, PhotoCalib, mask_bit, wcs_is_celestial
 from ..measure import (MeasurementConfig, PsfStamps, apply_calibration, extendedness, measure_sources,
@@ -212,13 +212,13 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
         # no variance plane (an ingested image): Poisson noise of the counts (sky included) plus read noise
         var_in = (np.clip(raw, 0, None) / gain + read_noise ** 2).astype(np.float32)
         variance_from_image = True
-    finite = np.isfinite(raw) & np.isfinite(var_in) & (var_in > 0)
-    if not finite.any():
+    finite, n_finite = usable_pixels(np.ascontiguousarray(raw), np.ascontiguousarray(var_in))
+    if n_finite == 0:
         raise fail("every pixel is NaN/infinite or has no positive variance; the eimage is unusable")
-    if finite.mean() < 0.05:
-        raise fail(f"only {finite.mean():.1%} of the pixels are finite; the eimage is unusable")
+    if n_finite < 0.05 * finite.size:
+        raise fail(f"only {n_finite / finite.size:.1%} of the pixels are finite; the eimage is unusable")
     mask = np.array(exposure.mask, np.int32)
-    all_finite = bool(finite.all())
+    all_finite = n_finite == finite.size
     # float32 throughout: no float64 copies of 4k x 4k planes; image is our own copy (CR pixels are replaced)
     if all_finite:
         image = raw.copy()
