@@ -162,37 +162,50 @@ def dilate_disc(mask, r):  # pragma: no cover - jit
 
 
 @njit(cache=True, nogil=True)
+def _filter_row(image, variance, bad, kernel, y, w, row, out):  # pragma: no cover - jit
+    """``out`` = row ``y`` of the weighted image ``I/V`` (zero where unusable) convolved with ``kernel``."""
+    nx = image.shape[1]
+    h = len(kernel) // 2
+    for x in range(nx):
+        w[x] = 0.0
+        v = variance[y, x]
+        if v > 0 and not bad[y, x]:
+            wi = image[y, x] * (np.float32(1.0) / v)
+            if np.isfinite(wi):
+                w[x] = wi
+    row[:] = 0.0
+    for k in range(-h, h + 1):
+        c = kernel[k + h]
+        for x in range(max(0, -k), min(nx, nx - k)):
+            row[x] += c * w[x + k]
+    for x in range(nx):
+        out[x] = row[x]
+
+
+@njit(cache=True, nogil=True)
 def matched_filter_snr(image, variance, bad, kernel, den_scale):  # pragma: no cover - jit
     """``S/N = (K * (I/V)) / sqrt(den_scale / V)`` with K the separable kernel ``outer(kernel, kernel)`` (zero
     outside the image); pixels that are ``bad``, non-finite or without positive variance get zero weight. Rows
-    (the weights made on the fly) then columns, each output row accumulated in double precision."""
+    (weights made on the fly, kept in a ring of ``len(kernel)`` rows) then columns, each output row accumulated in
+    double precision."""
     ny, nx = image.shape
     h = len(kernel) // 2
-    tmp = np.empty((ny, nx), np.float32)
+    m = 2 * h + 1
+    ring = np.empty((m, nx), np.float32)  # row-filtered rows y - h .. y + h, row r at r % m
     w = np.empty(nx, np.float32)
     row = np.empty(nx, np.float64)
-    for y in range(ny):
-        for x in range(nx):
-            w[x] = 0.0
-            v = variance[y, x]
-            if v > 0 and not bad[y, x]:
-                wi = image[y, x] * (np.float32(1.0) / v)
-                if np.isfinite(wi):
-                    w[x] = wi
-        row[:] = 0.0
-        for k in range(-h, h + 1):
-            c = kernel[k + h]
-            for x in range(max(0, -k), min(nx, nx - k)):
-                row[x] += c * w[x + k]
-        for x in range(nx):
-            tmp[y, x] = row[x]
+    for r in range(min(h, ny)):
+        _filter_row(image, variance, bad, kernel, r, w, row, ring[r % m])
     snr = np.zeros((ny, nx), np.float32)
     for y in range(ny):
+        if y + h < ny:
+            _filter_row(image, variance, bad, kernel, y + h, w, row, ring[(y + h) % m])
         row[:] = 0.0
         for k in range(max(-h, -y), min(h, ny - 1 - y) + 1):
             c = kernel[k + h]
+            src = ring[(y + k) % m]
             for x in range(nx):
-                row[x] += c * tmp[y + k, x]
+                row[x] += c * src[x]
         for x in range(nx):
             v = variance[y, x]
             if v > 0 and not bad[y, x] and np.isfinite(image[y, x] * (np.float32(1.0) / v)):
