@@ -138,11 +138,11 @@ def run_peers(sex: str, psfex: str, repo, visit: int, workdir: Path) -> dict:
     return {"steps": steps, "n_sources": n}
 
 
-def run_ours(repo_path: Path, visit: int, workdir: Path) -> dict:
+def run_ours(repo_path: Path, visit: int, workdir: Path, keep_outputs: bool = False) -> dict:
     from twinkles.repo import Repository
     log = workdir / "ours.log"
     log.write_text("")
-    run_name = f"bench/process_eimage-{int(time.time())}"
+    run_name = f"bench/process_eimage-{time.time_ns()}"
     # the `twinkles stage` command's main(), with INFO logging on so that the stage's per-step timings (which are
     # not in the written metadata: a re-run must write identical files) reach the log
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s'); "
@@ -155,7 +155,19 @@ def run_ours(repo_path: Path, visit: int, workdir: Path) -> dict:
     for line in log.read_text().splitlines():
         if "timings (s): " in line:
             timings = json.loads(line.split("timings (s): ", 1)[1])
+    if not keep_outputs:
+        _drop_run(repo, run_name)
     return {"steps": {"twinkles process_eimage": step}, "metadata": meta, "timings_s": timings}
+
+
+def _drop_run(repo, run_name: str) -> None:
+    """Remove a benchmark run's files (~270 MB per 4k visit) and its registry rows, and nothing else."""
+    if not run_name.startswith("bench/"):
+        raise ValueError(f"refusing to drop run {run_name!r}: not a benchmark run")
+    shutil.rmtree(repo.root / run_name, ignore_errors=True)
+    with repo.connect() as conn:
+        conn.execute("DELETE FROM datasets WHERE run = ?", (run_name,))
+        conn.execute("DELETE FROM runs WHERE name = ?", (run_name,))
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -176,6 +188,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default="bench-process-eimage", help="where to simulate and write")
     p.add_argument("--no-peers", action="store_true", help="do not run SExtractor/PSFEx")
     p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.add_argument("--keep-outputs", action="store_true",
+                   help="keep each run's calexp/src outputs in the repository (default: removed after reading)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run each program this many times, interleaved, and report the median of each step "
                         "(on a shared machine single runs vary by 10-20%%)")
@@ -209,7 +223,7 @@ def main(argv=None) -> int:
             print(f"SKIPPING the SExtractor + PSFEx comparison: {why}")
     ours_runs, theirs_runs = [], []
     for _ in range(max(1, args.repeat)):
-        ours_runs.append(run_ours(repo_path, visit, workdir))
+        ours_runs.append(run_ours(repo_path, visit, workdir, args.keep_outputs))
         if sex is not None:
             theirs_runs.append(run_peers(sex, psfex, repo, visit, workdir))
     ours = _median_run(ours_runs)
