@@ -111,7 +111,7 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, weight_mask: np.ndarr
     Returns ``(ImageGridPSF, used, info)``: the model evaluated on an ``n_grid`` x ``n_grid`` grid of detector
     positions (kernels normalised to 1 over ``stamp_size``), the stars kept, and fit statistics.
     """
-    from ..measure.stamps import _fourier_shift, extract_stamps
+    from ..stamps import extract_stamps, fourier_shift
 
     x = np.asarray(x, float)
     y = np.asarray(y, float)
@@ -143,7 +143,7 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, weight_mask: np.ndarr
         order -= 1
     # shift every star so that its centroid is on the central pixel
     dx, dy = x[idx] - xi[idx], y[idx] - yi[idx]
-    data = _fourier_shift(np.where(good, im, 0.0), -dx, -dy)
+    data = fourier_shift(np.where(good, im, 0.0), -dx, -dy)
     # shifted weights: a masked pixel spoils its neighbours after shifting; use the nearest-pixel mask grown by 1
     from scipy import ndimage
     bad = ndimage.binary_dilation(~good, structure=np.ones((1, 3, 3), bool))

@@ -8,7 +8,7 @@ from .flags import pixel_flags
 from .moments import adaptive_moments, moments_from_stamps, moments_to_fwhm
 from .photometry import APERTURE_RADII, aperture_column, aperture_fluxes, forced_psf_flux, psf_flux
 from .source import MeasurementConfig, apply_calibration, extendedness, measure_sources
-from .stamps import PsfStamps, extract_stamps
+from ..stamps import PsfStamps, extract_stamps
 
 __all__ = ["windowed_centroid", "pixel_flags", "adaptive_moments", "moments_from_stamps", "moments_to_fwhm",
            "APERTURE_RADII", "aperture_column", "aperture_fluxes", "forced_psf_flux", "psf_flux",

@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 from ..image import mask_bit
-from .stamps import extract_stamps
+from ..stamps import extract_stamps
 
 __all__ = ["pixel_flags", "mask_test"]
 

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .stamps import extract_stamps
+from ..stamps import extract_stamps
 
 __all__ = ["adaptive_moments", "moments_from_stamps", "moments_to_fwhm"]
 

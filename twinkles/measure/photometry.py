@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import sep
 
-from .stamps import PsfStamps, extract_stamps
+from ..stamps import PsfStamps, extract_stamps
 
 __all__ = ["psf_flux", "forced_psf_flux", "aperture_fluxes", "deblended_aperture_fluxes", "APERTURE_RADII",
            "aperture_column"]

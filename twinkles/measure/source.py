@@ -19,7 +19,7 @@ from .centroid import windowed_centroid
 from .flags import mask_test, pixel_flags
 from .moments import adaptive_moments, moments_from_stamps
 from .photometry import APERTURE_RADII, _float_plane, aperture_column, aperture_fluxes, psf_flux
-from .stamps import PsfStamps
+from ..stamps import PsfStamps
 
 __all__ = ["MeasurementConfig", "measure_sources", "extendedness", "apply_calibration", "FLUX_COLUMNS"]
 

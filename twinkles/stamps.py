@@ -1,5 +1,7 @@
 """Vectorised postage stamps: pixel cut-outs around many positions at once, and PSF model stamps.
 
+Shared by ``measure/`` and ``algorithms/`` (both may use image/psf-level modules only, so this lives beside them).
+
 ``extract_stamps`` gathers (N, S, S) cut-outs with fancy indexing (pixels off the image get ``fill``);
 :class:`PsfStamps` samples any :class:`~twinkles.psf.PSF` on a coarse grid of detector positions once, then makes
 the PSF stamp of each source by bilinear interpolation between grid kernels and a sub-pixel shift with the
@@ -12,7 +14,7 @@ import math
 
 import numpy as np
 
-__all__ = ["extract_stamps", "stamp_offsets", "PsfStamps"]
+__all__ = ["extract_stamps", "stamp_offsets", "fourier_shift", "PsfStamps"]
 
 
 def stamp_offsets(size: int) -> np.ndarray:
@@ -54,7 +56,7 @@ def extract_stamps(array: np.ndarray, x: np.ndarray, y: np.ndarray, size: int, f
     return stamps, inside
 
 
-def _fourier_shift(kernels: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+def fourier_shift(kernels: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """Shift (N, S, S) centred kernels by (dx, dy) pixels (band-limited interpolation, real FFTs)."""
     from scipy import fft as sfft
     size = kernels.shape[-1]
@@ -121,7 +123,7 @@ class PsfStamps:
         y = np.asarray(y, float)
         k = self.kernels(x, y)
         dx, dy = x - np.rint(x), y - np.rint(y)
-        shifted = _fourier_shift(k, dx, dy)
+        shifted = fourier_shift(k, dx, dy)
         shifted /= shifted.sum(axis=(1, 2), keepdims=True)
         size = self.model_size if size is None else size + (1 - size % 2)
         if size < self.model_size:
