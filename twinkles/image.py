@@ -283,7 +283,9 @@ class Exposure:
     @classmethod
     def read_fits(cls, path: str | Path) -> Exposure:
         try:
-            with fits.open(path, memmap=False) as hdul:
+            # memory-mapped: from_hdulist copies every plane into native-endian arrays, so nothing refers to the
+            # map once the file is closed; it saves reading the file into a buffer first (~0.5 s on a 4k image)
+            with fits.open(path, memmap=True) as hdul:
                 return cls.from_hdulist(hdul, str(path))
         except (OSError, ValueError) as exc:
             if isinstance(exc, ExposureFormatError):
