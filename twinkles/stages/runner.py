@@ -20,7 +20,7 @@ def default_output_run(repo: Repository) -> str:
 def find_quanta(repo: Repository, stage_module, query: dict, runs: list[str]) -> list[dict]:
     """Data IDs of the quanta a stage can run on: those of its first input that match the query.
 
-    Stages may define ``quanta(butler_like_repo, query, runs)`` themselves (e.g. per-patch stages whose quanta
+    Stages may define ``find_quanta(repo, query, runs)`` themselves (e.g. per-patch stages whose quanta
     come from the sky map); otherwise the quanta are the distinct projections of the first input's data IDs
     on ``QUANTUM``.
     """

@@ -182,18 +182,17 @@ class JobStore:
                 "invocation=excluded.invocation, updated=excluded.updated", rows)
 
     def mark_running(self, jobs) -> None:
-        now = time.time()
-        with self.repo.connect() as conn:
-            conn.executemany("UPDATE jobs SET status='running', attempt=?, updated=? "
-                             "WHERE run=? AND stage=? AND data_id=?",
-                             [(j.attempt, now, self.run, j.stage, j.key) for j in jobs])
+        self._set_status(jobs, "running", "attempt", lambda j: j.attempt)
 
     def mark_skipped(self, jobs) -> None:
+        self._set_status(jobs, "skipped-upstream", "error", lambda j: j.error)
+
+    def _set_status(self, jobs, status: str, column: str, value) -> None:
+        """Set ``status`` and one more column (``value(job)``) of these jobs, in one transaction."""
         now = time.time()
         with self.repo.connect() as conn:
-            conn.executemany("UPDATE jobs SET status='skipped-upstream', error=?, updated=? "
-                             "WHERE run=? AND stage=? AND data_id=?",
-                             [(j.error, now, self.run, j.stage, j.key) for j in jobs])
+            conn.executemany(f"UPDATE jobs SET status=?, {column}=?, updated=? WHERE run=? AND stage=? AND data_id=?",
+                             [(status, value(j), now, self.run, j.stage, j.key) for j in jobs])
 
     def record_results(self, items) -> None:
         """Record finished attempts: ``items`` = [(job, result dict, final status)], in one transaction.
