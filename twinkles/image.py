@@ -30,6 +30,8 @@ __all__ = [
     "Exposure",
     "ExposureFormatError",
     "AB_ZERO_POINT_NJY",
+    "tan_project",
+    "tan_deproject",
 ]
 
 #: AB magnitude of a flux of 1 nJy: mag = 31.4 - 2.5 log10(flux_nJy).
@@ -176,6 +178,28 @@ def _quiet_wcs(header: fits.Header) -> WCS:
 def wcs_to_header(wcs: WCS) -> fits.Header:
     """The FITS header cards of a WCS, with SIP terms when it has them."""
     return wcs.to_header(relax=True)
+
+
+def tan_project(ra_deg, dec_deg, ra0_deg: float, dec0_deg: float):
+    """Gnomonic projection: (xi, eta) in degrees (xi towards east, eta towards north) about (ra0, dec0)."""
+    ra, dec = np.radians(np.asarray(ra_deg, dtype=float)), np.radians(np.asarray(dec_deg, dtype=float))
+    ra0, dec0 = math.radians(ra0_deg), math.radians(dec0_deg)
+    cosc = math.sin(dec0) * np.sin(dec) + math.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
+    xi = np.cos(dec) * np.sin(ra - ra0) / cosc
+    eta = (math.cos(dec0) * np.sin(dec) - math.sin(dec0) * np.cos(dec) * np.cos(ra - ra0)) / cosc
+    return np.degrees(xi), np.degrees(eta)
+
+
+def tan_deproject(xi_deg, eta_deg, ra0_deg: float, dec0_deg: float):
+    """Inverse of :func:`tan_project`: (ra, dec) in degrees."""
+    xi, eta = np.radians(np.asarray(xi_deg, dtype=float)), np.radians(np.asarray(eta_deg, dtype=float))
+    ra0, dec0 = math.radians(ra0_deg), math.radians(dec0_deg)
+    rho = np.hypot(xi, eta)
+    c = np.arctan(rho)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dec = np.arcsin(np.cos(c) * math.sin(dec0) + np.where(rho > 0, eta * np.sin(c) * math.cos(dec0) / rho, 0))
+        ra = ra0 + np.arctan2(xi * np.sin(c), rho * math.cos(dec0) * np.cos(c) - eta * math.sin(dec0) * np.sin(c))
+    return np.degrees(ra) % 360.0, np.degrees(dec)
 
 
 def wcs_is_celestial(wcs: WCS | None) -> bool:

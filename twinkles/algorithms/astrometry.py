@@ -22,6 +22,8 @@ import numpy as np
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
+from ..image import tan_deproject, tan_project
+
 __all__ = ["AstrometryError", "AstrometryResult", "initial_match", "fit_astrometry", "fit_tan_sip",
            "mutual_nearest"]
 
@@ -208,12 +210,12 @@ def fit_tan_sip(x, y, ra, dec, weights=None, sip_degree: int = 2, crpix=None, ta
     design = np.stack([(u / norm) ** p * (v / norm) ** q for p, q in terms], axis=1)
     sw = np.sqrt(w)
     for _ in range(n_iter):
-        xi, eta = _tan_project(ra, dec, ra0, dec0)
+        xi, eta = tan_project(ra, dec, ra0, dec0)
         cx = np.linalg.lstsq(design * sw[:, None], xi * sw, rcond=None)[0]
         ce = np.linalg.lstsq(design * sw[:, None], eta * sw, rcond=None)[0]
         i0 = terms.index((0, 0))
-        ra0, dec0 = _tan_deproject(cx[i0], ce[i0], ra0, dec0)
-    xi, eta = _tan_project(ra, dec, ra0, dec0)
+        ra0, dec0 = tan_deproject(cx[i0], ce[i0], ra0, dec0)
+    xi, eta = tan_project(ra, dec, ra0, dec0)
     cx = np.linalg.lstsq(design * sw[:, None], xi * sw, rcond=None)[0]
     ce = np.linalg.lstsq(design * sw[:, None], eta * sw, rcond=None)[0]
     i10, i01 = terms.index((1, 0)), terms.index((0, 1))
@@ -254,28 +256,6 @@ def fit_tan_sip(x, y, ra, dec, weights=None, sip_degree: int = 2, crpix=None, ta
     wcs.sip = Sip(a, b, ap, bp, wcs.wcs.crpix)
     wcs.wcs.set()
     return wcs
-
-
-def _tan_project(ra, dec, ra0, dec0):
-    """Gnomonic projection (xi, eta in degrees) about (ra0, dec0)."""
-    r, d = np.radians(ra), np.radians(dec)
-    r0, d0 = math.radians(ra0), math.radians(dec0)
-    cosc = math.sin(d0) * np.sin(d) + math.cos(d0) * np.cos(d) * np.cos(r - r0)
-    xi = np.cos(d) * np.sin(r - r0) / cosc
-    eta = (math.cos(d0) * np.sin(d) - math.sin(d0) * np.cos(d) * np.cos(r - r0)) / cosc
-    return np.degrees(xi), np.degrees(eta)
-
-
-def _tan_deproject(xi, eta, ra0, dec0):
-    xi, eta = math.radians(float(xi)), math.radians(float(eta))
-    r0, d0 = math.radians(ra0), math.radians(dec0)
-    rho = math.hypot(xi, eta)
-    c = math.atan(rho)
-    if rho == 0:
-        return ra0, dec0
-    dec = math.asin(math.cos(c) * math.sin(d0) + eta * math.sin(c) * math.cos(d0) / rho)
-    ra = r0 + math.atan2(xi * math.sin(c), rho * math.cos(d0) * math.cos(c) - eta * math.sin(d0) * math.sin(c))
-    return math.degrees(ra) % 360.0, math.degrees(dec)
 
 
 def _err2(err, idx, default):

@@ -18,6 +18,8 @@ import warnings
 import numpy as np
 from astropy.wcs import WCS, FITSFixedWarning
 
+from ..image import tan_deproject, tan_project
+
 __all__ = ["make_tan_wcs", "true_wcs", "header_wcs", "tan_project", "tan_deproject", "detector_center"]
 
 
@@ -42,28 +44,6 @@ def make_tan_wcs(crval_ra_deg: float, crval_dec_deg: float, width: int, height: 
     w.wcs.radesys = "ICRS"
     w.pixel_shape = (width, height)
     return w
-
-
-def tan_project(ra_deg, dec_deg, ra0_deg: float, dec0_deg: float):
-    """Gnomonic projection: (xi, eta) in degrees (xi towards east, eta towards north) about (ra0, dec0)."""
-    ra, dec = np.radians(np.asarray(ra_deg, dtype=float)), np.radians(np.asarray(dec_deg, dtype=float))
-    ra0, dec0 = math.radians(ra0_deg), math.radians(dec0_deg)
-    cosc = math.sin(dec0) * np.sin(dec) + math.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
-    xi = np.cos(dec) * np.sin(ra - ra0) / cosc
-    eta = (math.cos(dec0) * np.sin(dec) - math.sin(dec0) * np.cos(dec) * np.cos(ra - ra0)) / cosc
-    return np.degrees(xi), np.degrees(eta)
-
-
-def tan_deproject(xi_deg, eta_deg, ra0_deg: float, dec0_deg: float):
-    """Inverse of :func:`tan_project`: (ra, dec) in degrees."""
-    xi, eta = np.radians(np.asarray(xi_deg, dtype=float)), np.radians(np.asarray(eta_deg, dtype=float))
-    ra0, dec0 = math.radians(ra0_deg), math.radians(dec0_deg)
-    rho = np.hypot(xi, eta)
-    c = np.arctan(rho)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dec = np.arcsin(np.cos(c) * math.sin(dec0) + np.where(rho > 0, eta * np.sin(c) * math.cos(dec0) / rho, 0))
-        ra = ra0 + np.arctan2(xi * np.sin(c), rho * math.cos(dec0) * np.cos(c) - eta * math.sin(dec0) * np.sin(c))
-    return np.degrees(ra) % 360.0, np.degrees(dec)
 
 
 def _geometry(repo_config: dict) -> tuple[int, int, float]:
