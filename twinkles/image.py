@@ -9,7 +9,6 @@ calibration converts electrons to nJy (AB: mag = 31.4 - 2.5 log10(flux_nJy)).
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -277,13 +276,8 @@ class Exposure:
         return fits.HDUList(hdus)
 
     def write_fits(self, path: str | Path) -> None:
-        """Write as multi-extension FITS (not atomic by itself; the repository wraps it atomically)."""
+        """Write as multi-extension FITS to any path (not atomic: datasets go through Repository.put/write)."""
         self.to_hdulist().writeto(path, overwrite=True, checksum=True)
-
-    def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        self.to_hdulist().writeto(buf, checksum=True)
-        return buf.getvalue()
 
     @classmethod
     def from_hdulist(cls, hdul: fits.HDUList, source: str = "<memory>") -> Exposure:

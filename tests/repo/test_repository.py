@@ -165,21 +165,17 @@ def test_killed_writer_leaves_repository_consistent(repo, tmp_path):
         import os, signal, sys
         import numpy as np
         from twinkles.repo import Repository
+        import twinkles.repo.storage as storage
         from twinkles.image import Exposure
         repo = Repository({str(repo.root)!r})
         exp = Exposure(np.zeros((64, 64)))
-        orig = Exposure.to_hdulist
-        def slow(self):
-            hdul = orig(self)
-            class Writer:
-                def writeto(self_inner, path, **kw):
-                    with open(path, "wb") as f:
-                        f.write(b"SIMPLE  =                    T" + b" " * 5000)
-                        f.flush()
-                        print("half", flush=True)
-                        signal.pause()
-            return Writer()
-        Exposure.to_hdulist = slow
+        def half_written(hdul, path):
+            with open(path, "wb") as f:
+                f.write(b"SIMPLE  =                    T" + b" " * 5000)
+                f.flush()
+                print("half", flush=True)
+                signal.pause()
+        storage._write_fits = half_written
         repo.put(exp, "eimage", {{"visit": 7, "detector": 0}})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

@@ -140,9 +140,6 @@ def to_plain(obj):
 def _write_fits(hdul: fits.HDUList, path: Path) -> None:
     """Write with CHECKSUM/DATASUM cards whose comments carry no timestamp (astropy's default does), so the same
     content gives the same bytes: a job re-done after an interruption rewrites an identical file."""
-    if not isinstance(hdul, fits.HDUList):  # a duck-typed writer: let it checksum its own way
-        hdul.writeto(path, checksum=True)
-        return
     for hdu in hdul:
         hdu.add_checksum(when="checksum (FITS checksum convention)")
     hdul.writeto(path, checksum=False)
