@@ -199,6 +199,8 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     band = info.band
     if band not in REFERENCE_BAND:
         raise fail(f"unknown band {band!r}")
+    if config.psf.algorithm not in ("pixel", "piff"):
+        raise fail(f"psf.algorithm={config.psf.algorithm!r}: use pixel or piff")
     if not wcs_is_celestial(exposure.wcs):
         raise fail("the eimage has no celestial WCS in its header, so it cannot be matched to the reference "
                    "catalog; ingest it with an approximate WCS (CTYPE/CRVAL/CRPIX/CD)")
@@ -315,8 +317,6 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
                    "--config process_eimage.psf.min_snr")
     psel = np.nonzero(selection.selected)[0]
     good_pix = mask_test(mask, mask_bit("NO_DATA", "BAD", "SAT", "CR"), False)
-    if pcfg.algorithm not in ("pixel", "piff"):
-        raise fail(f"psf.algorithm={pcfg.algorithm!r}: use pixel or piff")
     try:
         if pcfg.algorithm == "piff":
             psf, used_sel, psf_info = fit_piff_psf(
