@@ -30,7 +30,7 @@ import numpy as np
 from astropy.table import Table
 
 from ..algorithms.astrometry import AstrometryError, fit_astrometry
-from ..algorithms.background import estimate_background, grow_mask
+from ..algorithms.background import BackgroundResult, estimate_background, grow_mask
 from ..algorithms.cosmic_rays import find_cosmic_rays
 from ..algorithms.detection import detect_sources, saturation_mask
 from ..algorithms.photocal import (PhotoCalError, aperture_correction, fit_zero_point, reference_magnitudes,
@@ -180,8 +180,14 @@ def _column(table: Table, name: str):
     return np.asarray(table[name], float) if name in table.colnames else None
 
 
-def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_id: dict | None = None) -> Result:
-    """Process one e-image (electrons, with sky) into a calexp, its background, a Source table and metadata."""
+def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_id: dict | None = None,
+        reuse_planes: bool = False) -> Result:
+    """Process one e-image (electrons, with sky) into a calexp, its background, a Source table and metadata.
+
+    With ``reuse_planes`` the eimage's image, mask and variance arrays become the calexp's and are modified in
+    place (for a caller that read the eimage for this call only: three 4k x 4k copies fewer); by default the
+    exposure is left as it was.
+    """
     config = config or Config()
     t_start = time.process_time()
     t_wall = time.perf_counter()
@@ -219,12 +225,12 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
         raise fail("every pixel is NaN/infinite or has no positive variance; the eimage is unusable")
     if n_finite < 0.05 * finite.size:
         raise fail(f"only {n_finite / finite.size:.1%} of the pixels are finite; the eimage is unusable")
-    mask = np.array(exposure.mask, np.int32)
+    mask = np.asarray(exposure.mask, np.int32) if reuse_planes else np.array(exposure.mask, np.int32)
     all_finite = n_finite == finite.size
-    # float32 throughout: no float64 copies of 4k x 4k planes; image is our own copy (CR pixels are replaced)
+    # float32 throughout: no float64 copies of 4k x 4k planes; image is our own (CR pixels are replaced)
     if all_finite:
-        image = raw.copy()
-        variance = np.array(var_in, np.float32)
+        image = raw if reuse_planes else raw.copy()
+        variance = var_in if (reuse_planes or variance_from_image) else np.array(var_in, np.float32)
     else:
         _set_bits(mask, ~finite, "NO_DATA")
         sample = var_in[::4, ::4][finite[::4, ::4]]
@@ -249,21 +255,23 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     _set_bits(mask, sat, "SAT")
     sat_or_no_data = sat | no_data
     bkg = estimate_background(image, sat_or_no_data, config.background.mesh_px, config.background.filter_size)
+    # from here on the image is background-subtracted in place (``image`` is our own array): the calexp's pixels
+    sub = image
+    sub -= bkg.image
+    del image
     timings["background1"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ cosmic rays
     t0 = time.perf_counter()
     n_cr = 0
-    sub = image - bkg.image
     if config.detection.cosmic_rays:
         cr = find_cosmic_rays(sub, bkg.image, variance, bad_mask=sat_or_no_data, sigclip=config.detection.cr_sigclip,
                               objlim=config.detection.cr_objlim, niter=config.detection.cr_niter,
                               saturation=saturation, read_noise=read_noise, overwrite=True)
-        sub = cr.cleaned
-        cy, cx = np.nonzero(cr.mask)
-        mask[cy, cx] |= mask_bit("CR", "INTRP")
-        image[cy, cx] = sub[cy, cx] + bkg.image[cy, cx]
+        sub = cr.cleaned  # ``sub`` itself (overwrite)
+        _set_bits(mask, cr.mask, "CR", "INTRP")
         n_cr = cr.n_pixels
+        del cr
     timings["cosmic_rays"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ detection, background iteration
@@ -272,12 +280,19 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     # first pass, for the background's source mask only: footprints on the 2x2-binned image (4x cheaper)
     src_mask = grow_mask(_binned_footprints(sub, variance, no_data, sigma0, dcfg.threshold),
                          config.background.mask_grow_px)
+    src_mask |= sat_or_no_data
+    # the residual background of the subtracted image with the sources masked, added to the first estimate
+    # (DM's SourceDetectionTask re-estimates the background the same way)
     try:
-        bkg = estimate_background(image, src_mask | sat_or_no_data, config.background.mesh_px,
-                                  config.background.filter_size)
+        residual = estimate_background(sub, src_mask, config.background.mesh_px, config.background.filter_size)
     except ValueError:
-        pass  # everything is covered by sources: keep the first estimate
-    sub = image - bkg.image
+        residual = None  # everything is covered by sources: keep the first estimate
+    del src_mask
+    if residual is not None:
+        sub -= residual.image
+        bkg.image += residual.image
+        bkg = BackgroundResult(bkg.image, bkg.level + residual.level, residual.global_rms)
+        del residual
     det = detect_sources(sub, variance, sigma0, dcfg.threshold, ignore=no_data, min_pixels=dcfg.min_pixels,
                          min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma, saturated=sat,
                          wing_contrast=dcfg.wing_contrast, wing_contrast_sigma=dcfg.wing_contrast_sigma)
@@ -499,7 +514,7 @@ def run_quantum(butler, data_id: dict, config: Config) -> dict:
     """Read the eimage and the reference catalog, run, write calexp, calexp_background, src and metadata."""
     exposure = butler.get("eimage", data_id)
     ref_cat = butler.get("ref_cat", {})
-    result = run(exposure, ref_cat, config, data_id)
+    result = run(exposure, ref_cat, config, data_id, reuse_planes=True)
     did = {"visit": data_id["visit"], "detector": data_id.get("detector", 0)}
     butler.put(result.calexp, "calexp", did)
     butler.put(result.background, "calexp_background", did)

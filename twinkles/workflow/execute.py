@@ -70,13 +70,13 @@ def _local_htex_config(run_dir: Path, workers: int):
     from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
     from parsl.providers import LocalProvider
 
+    from ..cli import LIBRARY_THREAD_VARIABLES
     cores = available_cores()
     # Parsl's interchange and worker pool, started ~1 s sooner (worker_pool.py)
     launcher = [sys.executable, "-m", "twinkles.workflow.worker_pool"]
     launch_cmd = f"{shlex.join(launcher)} {DEFAULT_LAUNCH_CMD.split(' ', 1)[1]}"
     # one thread per worker for BLAS/OpenMP unless the user says otherwise: workers = cores already fill the CPU
-    exports = " ".join(f"{k}=1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-                       if k not in os.environ)
+    exports = " ".join(f"{k}=1" for k in LIBRARY_THREAD_VARIABLES if k not in os.environ)
     htex = HighThroughputExecutor(
         label="local",
         launch_cmd=launch_cmd,
