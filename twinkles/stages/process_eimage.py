@@ -252,6 +252,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     sat = saturation_mask(raw, saturation)
     if not all_finite:
         sat &= finite
+    del finite, raw, var_in  # (4k x 4k planes are dropped as soon as they are not needed: peak memory)
     _set_bits(mask, sat, "SAT")
     sat_or_no_data = sat | no_data
     bkg = estimate_background(image, sat_or_no_data, config.background.mesh_px, config.background.filter_size)
@@ -281,6 +282,7 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     src_mask = grow_mask(_binned_footprints(sub, variance, no_data, sigma0, dcfg.threshold),
                          config.background.mask_grow_px)
     src_mask |= sat_or_no_data
+    del sat_or_no_data
     # the residual background of the subtracted image with the sources masked, added to the first estimate
     # (DM's SourceDetectionTask re-estimates the background the same way)
     try:
