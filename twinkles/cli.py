@@ -113,8 +113,12 @@ def cmd_sql(args) -> int:
 def cmd_check(args) -> int:
     from .repo import Repository
     result = Repository(args.repo).check(fix=args.fix)
-    print(f"registry rows without a file: {result['missing_files']}; leftover temporary files: "
-          f"{result['temporary_files']}" + (" (removed)" if args.fix else ""))
+    print(f"registry rows without a file: {result['missing_files']}; outputs truncated or changed since they were "
+          f"registered: {result['damaged_files']}; leftover temporary files: {result['temporary_files']}"
+          + (" (removed)" if args.fix else ""))
+    if result["damaged_inputs"]:
+        print(f"inputs (runs raw, truth) truncated or changed since they were registered: "
+              f"{result['damaged_inputs']} -- kept; simulate or ingest them again")
     return 0
 
 

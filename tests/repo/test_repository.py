@@ -156,7 +156,7 @@ def test_exception_during_write_leaves_nothing(repo, monkeypatch):
         repo.put(exp, "eimage", {"visit": 840, "detector": 0})
     assert repo.query("eimage") == []
     assert [p for p in repo.root.rglob("*") if p.is_file() and p.suffix == ".fits"] == []
-    assert repo.check() == {"missing_files": 0, "temporary_files": 0}
+    assert repo.check() == {"missing_files": 0, "damaged_files": 0, "damaged_inputs": 0, "temporary_files": 0}
 
 
 def test_killed_writer_leaves_repository_consistent(repo, tmp_path):
@@ -189,6 +189,37 @@ def test_killed_writer_leaves_repository_consistent(repo, tmp_path):
     assert status["missing_files"] == 0 and status["temporary_files"] == 1
     repo.check(fix=True)
     assert repo.check()["temporary_files"] == 0
+
+
+def test_check_finds_files_truncated_after_registration(repo):
+    """A machine crash can leave a registered file shorter than written (job outputs are not fsync'ed): check()
+    compares each file with the size recorded at registration. fix=True drops a processing output's row and file
+    (its job is done again); a damaged input (raw) is only reported: nothing can make it again."""
+    out = repo.write(_exposure(), "calexp", {"visit": 840, "detector": 0}, "runs/x")
+    repo.register(out)
+    good = repo.put(_exposure(visit=841, seed=1), "eimage", {"visit": 841, "detector": 0})
+    raw = repo.put(_exposure(visit=842, seed=2), "eimage", {"visit": 842, "detector": 0})
+    for ref in (out, raw):
+        data = repo.abspath(ref).read_bytes()
+        repo.abspath(ref).write_bytes(data[: len(data) // 3])
+    assert repo.check() == {"missing_files": 0, "damaged_files": 1, "damaged_inputs": 1, "temporary_files": 0}
+    repo.check(fix=True)
+    assert not repo.abspath(out).exists() and repo.query("calexp", runs="runs/x") == []
+    assert repo.abspath(raw).exists() and repo.abspath(good).exists()
+    assert repo.check() == {"missing_files": 0, "damaged_files": 0, "damaged_inputs": 1, "temporary_files": 0}
+
+
+def test_registry_of_an_earlier_version_gets_the_size_column(repo):
+    """Registries made before sizes were recorded: their rows are not size-checked, new ones are."""
+    import sqlite3
+    old = repo.put(_exposure(), "eimage", {"visit": 840, "detector": 0})
+    with sqlite3.connect(repo.registry_path) as conn:
+        conn.execute("ALTER TABLE datasets DROP COLUMN size")
+    assert repo.check()["damaged_inputs"] == 0
+    new = repo.put(_exposure(visit=841), "eimage", {"visit": 841, "detector": 0})  # adds the column
+    repo.abspath(new).write_bytes(b"SIMPLE")
+    repo.abspath(old).write_bytes(b"SIMPLE")  # no recorded size: only missing files are found for it
+    assert repo.check() == {"missing_files": 0, "damaged_files": 0, "damaged_inputs": 1, "temporary_files": 0}
 
 
 def test_corrupt_file_read_gives_clear_error(repo):

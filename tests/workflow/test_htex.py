@@ -103,7 +103,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_outputs(tmp_path):
     assert set(got) == set(want) and len(want) == total + len(visits)
     for key in want:
         assert got[key] == want[key], key
-    assert repo.check() == {"missing_files": 0, "temporary_files": 0}
+    assert repo.check() == {"missing_files": 0, "damaged_files": 0, "damaged_inputs": 0, "temporary_files": 0}
     from twinkles.workflow.records import load_attempts, load_invocations
     from twinkles.workflow.status import collect_status
     assert collect_status(repo)["state"] == "finished"

@@ -94,6 +94,25 @@ def test_resume_does_only_what_is_missing(bad_run):
     assert any("config of wf_check changed" in n and "sleep_s" in n for n in summary.notes)
 
 
+def test_output_truncated_by_a_crash_is_redone(tmp_path):
+    """Jobs write without fsync; a machine crash may leave a registered output shorter than written. The next run
+    finds it (size recorded at registration), drops it and does that job again -- and only that one."""
+    repo = make_repo(tmp_path / "repo", [1, 2, 3])
+    assert run_pipeline(repo.root, "wf_check", executor="threads", workers=2, retries=0, progress=False).ok
+    (ref,) = repo.query("wftest_image", {"visit": 2}, runs="runs/l2")
+    path = repo.abspath(ref)
+    path.write_bytes(path.read_bytes()[:100])
+    messages = []
+    s = run_pipeline(repo.root, "wf_check", executor="threads", workers=2, retries=0, progress=False,
+                     echo=messages.append)
+    assert s.ok and s.resumed == 2
+    assert any("1 truncated or damaged output" in m for m in messages), messages
+    after = attempts_by_job(repo)
+    assert [len(after[("wf_check", v)]) for v in (1, 2, 3)] == [1, 2, 1]
+    assert repo.check()["damaged_files"] == 0
+    assert repo.get("wftest_image", {"visit": 2, "detector": 0}, runs="runs/l2").image.shape
+
+
 def test_retries_then_success(tmp_path):
     repo = make_repo(tmp_path / "repo", [1, 2])
     state = tmp_path / "state"

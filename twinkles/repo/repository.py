@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS datasets (
     tract INTEGER, patch INTEGER, visit INTEGER, detector INTEGER, band TEXT,
     path TEXT NOT NULL,
     registered TEXT NOT NULL,
+    size INTEGER,  -- bytes of the file when registered (NULL: registered by an older version, not checked)
     UNIQUE (dataset_type, run, data_id)
 );
 CREATE INDEX IF NOT EXISTS datasets_type_visit ON datasets (dataset_type, visit);
@@ -93,11 +94,20 @@ class DatasetRef:
         return cls(d["dataset_type"], dict(d["data_id"]), d["run"], d["path"])
 
 
+def _upgrade_schema(conn) -> None:
+    """Add what registries made by earlier versions lack (the datasets' size column)."""
+    if "size" not in {r[1] for r in conn.execute("PRAGMA table_info(datasets)")}:
+        conn.execute("ALTER TABLE datasets ADD COLUMN size INTEGER")
+
+
 class Repository:
     """A twinkles data repository rooted at ``root``."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, durable_writes: bool = True):
+        """``durable_writes=False`` (workflow jobs): dataset files are not fsync'ed (see
+        :func:`~twinkles.repo.storage.atomic_write`); :meth:`check` finds those a machine crash truncated."""
         self.root = Path(root).resolve()
+        self.durable_writes = durable_writes
         self.registry_path = self.root / REGISTRY_NAME
         if not self.registry_path.exists():
             raise RepositoryError(f"{root}: not a twinkles repository (no {REGISTRY_NAME}); create one with "
@@ -116,6 +126,7 @@ class Repository:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            _upgrade_schema(conn)
             conn.commit()
         finally:
             conn.close()
@@ -198,31 +209,40 @@ class Repository:
         dt = get_dataset_type(dataset_type)
         did = validate_data_id(data_id, dt.dimensions)
         rel = self.relative_path(dt, did, run)
-        write_dataset_file(obj, dt.storage, self.root / rel)
+        write_dataset_file(obj, dt.storage, self.root / rel, self.durable_writes)
         return DatasetRef(dt.name, did, run, rel)
 
     def register(self, refs: list[DatasetRef] | DatasetRef) -> None:
         """Register written datasets in one transaction (re-registering a dataset updates its row)."""
         if isinstance(refs, DatasetRef):
             refs = [refs]
+        sizes = []
         for ref in refs:
-            if not (self.root / ref.path).exists():
+            try:
+                sizes.append((self.root / ref.path).stat().st_size)
+            except FileNotFoundError:
                 raise RepositoryError(f"cannot register {ref.dataset_type} {format_data_id(ref.data_id)} in run "
-                                      f"{ref.run}: its file {ref.path} does not exist")
+                                      f"{ref.run}: its file {ref.path} does not exist") from None
         now = _now()
+        rows = [(r.dataset_type, r.run, data_id_key(r.data_id), r.data_id.get("tract"), r.data_id.get("patch"),
+                 r.data_id.get("visit"), r.data_id.get("detector"), r.data_id.get("band"), r.path, now, size)
+                for r, size in zip(refs, sizes)]
         with self.connect() as conn:
             for run in {r.run for r in refs}:
                 conn.execute("INSERT OR IGNORE INTO runs(name, created, description) VALUES (?, ?, '')",
                              (validate_run_name(run), now))
-            conn.executemany(
-                """INSERT INTO datasets(dataset_type, run, data_id, tract, patch, visit, detector, band, path,
-                                        registered)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(dataset_type, run, data_id) DO UPDATE SET path=excluded.path,
-                                                                      registered=excluded.registered""",
-                [(r.dataset_type, r.run, data_id_key(r.data_id), r.data_id.get("tract"), r.data_id.get("patch"),
-                  r.data_id.get("visit"), r.data_id.get("detector"), r.data_id.get("band"), r.path, now)
-                 for r in refs])
+            insert = """INSERT INTO datasets(dataset_type, run, data_id, tract, patch, visit, detector, band, path,
+                                             registered, size)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        ON CONFLICT(dataset_type, run, data_id) DO UPDATE SET path=excluded.path,
+                            registered=excluded.registered, size=excluded.size"""
+            try:
+                conn.executemany(insert, rows)
+            except sqlite3.OperationalError as exc:
+                if "size" not in str(exc):
+                    raise
+                _upgrade_schema(conn)  # a registry made by an earlier version
+                conn.executemany(insert, rows)
 
     def put(self, obj, dataset_type: str, data_id: dict | None = None, run: str = RAW_RUN) -> DatasetRef:
         ref = self.write(obj, dataset_type, data_id or {}, run)
@@ -314,15 +334,32 @@ class Repository:
         return read_dataset_file(get_dataset_type(ref.dataset_type).storage, self.root / ref.path, columns)
 
     # ------------------------------------------------------------------ consistency
-    def check(self, fix: bool = False) -> dict:
-        """Find registry rows without files and leftover temporary files; with ``fix``, remove both."""
+    def check(self, fix: bool = False, keep_runs: tuple[str, ...] = (RAW_RUN, TRUTH_RUN)) -> dict:
+        """Find registry rows whose file is missing or no longer has the size it had when registered (truncated
+        by a machine crash before the kernel wrote it back, or damaged since), and leftover temporary files.
+        With ``fix``: remove the rows without a file, the temporaries, and the damaged files with their rows --
+        except in ``keep_runs`` (the inputs, which no job can make again: counted as ``damaged_inputs`` and left
+        for the user to simulate or ingest again; the jobs reading them fail with a clear message). The jobs that made what was removed are done again by the next
+        ``twinkles run``."""
         with self.read_only() as conn:
-            rows = conn.execute("SELECT id, path FROM datasets").fetchall()
-        missing = [r["id"] for r in rows if not (self.root / r["path"]).exists()]
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(datasets)")}
+            size = "size" if "size" in columns else "NULL AS size"
+            rows = conn.execute(f"SELECT id, run, path, {size} FROM datasets").fetchall()
+        missing, damaged = [], []
+        for r in rows:
+            try:
+                st = (self.root / r["path"]).stat()
+            except FileNotFoundError:
+                missing.append(r["id"])
+                continue
+            if r["size"] is not None and st.st_size != r["size"]:
+                damaged.append((r["id"], r["run"], r["path"]))
         temporaries = [p for p in self.root.rglob(f"*{TMP_MARKER}*") if p.is_file()]
+        redo = [(i, path) for i, run, path in damaged if run not in keep_runs]
         if fix:
             with self.connect() as conn:
-                conn.executemany("DELETE FROM datasets WHERE id = ?", [(i,) for i in missing])
-            for p in temporaries:
+                conn.executemany("DELETE FROM datasets WHERE id = ?", [(i,) for i in missing] + [(i,) for i, _ in redo])
+            for p in temporaries + [self.root / path for _, path in redo]:
                 p.unlink(missing_ok=True)
-        return {"missing_files": len(missing), "temporary_files": len(temporaries)}
+        return {"missing_files": len(missing), "damaged_files": len(redo), "damaged_inputs": len(damaged) - len(redo),
+                "temporary_files": len(temporaries)}

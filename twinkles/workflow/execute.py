@@ -275,9 +275,14 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
         raise StageError(f"pipeline {pipeline}: none of its stages ({', '.join(pipe.missing)}) is implemented yet")
     with _repo_lock(repo):
         cleaned = repo.check(fix=True)
-        if cleaned["temporary_files"] or cleaned["missing_files"]:
+        if cleaned["temporary_files"] or cleaned["missing_files"] or cleaned["damaged_files"]:
             echo(f"cleaned after an interrupted run: {cleaned['temporary_files']} temporary file(s), "
-                 f"{cleaned['missing_files']} registry row(s) without a file")
+                 f"{cleaned['missing_files']} registry row(s) without a file, {cleaned['damaged_files']} "
+                 "truncated or damaged output(s) (their jobs are done again)")
+        if cleaned["damaged_inputs"]:
+            echo(f"warning: {cleaned['damaged_inputs']} input file(s) changed size since they were registered "
+                 "(truncated?): the jobs reading them will fail; `twinkles check` lists them -- simulate or "
+                 "ingest them again")
         return _orchestrate(repo, run, pipe, executor, workers, retries, query or {}, progress, batch, echo)
 
 

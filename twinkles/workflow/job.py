@@ -154,7 +154,7 @@ def execute_job(repo_root: str, run: str, input_runs: list[str], spec: dict, iso
 
             module = importlib.import_module(spec["module"])
             config = apply_config_overrides(module.Config(), spec.get("overrides") or {}, spec["stage"])
-            repo = Repository(root)
+            repo = Repository(root, durable_writes=False)  # no fsync per file: see storage.atomic_write
             outputs, meta = run_quantum_once(repo, module, spec["data_id"], config, run, input_runs)
         result.update(status="done", outputs=[r.to_dict() for r in outputs], metadata=_jsonable(meta))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - a failing stage is a failed job, recorded

@@ -5,8 +5,8 @@
 every executor (Flux, Work Queue, Globus Compute...), ``typeguard``... that the interchange and the
 worker pool never use: ~0.3 s of CPU instead of ~0.15 s, paid one after the other before the first job of a run.
 
-Here those two packages (and ``parsl.monitoring``, whose ``__init__`` imports the monitoring hub) are registered
-with their ``__init__`` deferred: their submodules import as usual, and the first access to any other attribute
+Here those two packages (and ``parsl.monitoring``, whose ``__init__`` imports the monitoring hub, and
+``requests``) are registered with their ``__init__`` deferred: their submodules import as usual, and the first access to any other attribute
 (``parsl.python_app``, ``parsl.executors.HighThroughputExecutor``...) runs the real ``__init__`` then, so code
 that needs the full package still gets it. Only the processes Parsl starts for the local executor import this
 (:mod:`twinkles.workflow.worker_pool`); never the orchestrator.
@@ -19,7 +19,8 @@ import sys
 
 __all__ = ["defer_package_init"]
 
-DEFERRED = ("parsl", "parsl.executors", "parsl.monitoring")
+# ``requests`` too: parsl.addresses imports it (~45 ms) for address_by_query, which neither process calls
+DEFERRED = ("parsl", "parsl.executors", "parsl.monitoring", "requests")
 
 
 def defer_package_init(name: str) -> None:
