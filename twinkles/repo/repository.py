@@ -1,8 +1,9 @@
 """The data repository: a directory with a SQLite registry (WAL) of datasets and a YAML configuration.
 
 A dataset is (dataset type, data ID, run) -> one file under ``REPO/<run>/<datasetType>/``. Files are written
-atomically (temporary name in the same folder, fsync, rename); the registry rows are inserted in one transaction,
-and only after the files exist. Only the orchestrating process registers: a job calls :meth:`Repository.write`
+atomically (temporary name in the same folder, fsync -- except by workflow jobs, see
+:func:`~twinkles.repo.storage.atomic_write` -- then rename); the registry rows are inserted in one transaction,
+with each file's size, and only after the files exist. Only the orchestrating process registers: a job calls :meth:`Repository.write`
 (files only) and hands back the :class:`DatasetRef` list, which the orchestrator passes to
 :meth:`Repository.register`. :meth:`Repository.put` does both, for single-process use.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import os
 import re
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +109,7 @@ class Repository:
     def __init__(self, root: str | Path, durable_writes: bool = True):
         """``durable_writes=False`` (workflow jobs): dataset files are not fsync'ed (see
         :func:`~twinkles.repo.storage.atomic_write`); :meth:`check` finds those a machine crash truncated."""
+        self._conns: dict[tuple[int, int], sqlite3.Connection] = {}
         self.root = Path(root).resolve()
         self.durable_writes = durable_writes
         self.registry_path = self.root / REGISTRY_NAME
@@ -153,11 +157,19 @@ class Repository:
     # ------------------------------------------------------------------ registry connection
     @contextlib.contextmanager
     def connect(self):
-        """A SQLite connection to the registry; commits on success, rolls back on error (one transaction)."""
-        conn = sqlite3.connect(self.registry_path, timeout=60, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        try:
+        """A SQLite connection to the registry; commits on success, rolls back on error (one transaction).
+
+        The connection is kept for the next transaction of the same thread of this process (the orchestrator
+        makes several per job: opening and closing each time cost ~2 ms, and the last close of the database
+        checkpoints its WAL)."""
+        owner = (os.getpid(), threading.get_ident())
+        conn = self._conns.get(owner)
+        if conn is None:
+            conn = sqlite3.connect(self.registry_path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout=60000")
+            self._conns[owner] = conn
+        try:
             conn.execute("BEGIN IMMEDIATE")
             yield conn
             conn.execute("COMMIT")
@@ -165,8 +177,18 @@ class Repository:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        finally:
-            conn.close()
+
+    def close(self) -> None:
+        """Close this process's kept registry connections (also done when the Repository is deleted)."""
+        pid = os.getpid()
+        for owner in [o for o in self._conns if o[0] == pid]:
+            self._conns.pop(owner).close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     def read_only(self):
         """A connection for reading (no transaction held)."""
