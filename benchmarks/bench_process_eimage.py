@@ -7,8 +7,10 @@ its own child process, started by a small launcher; wall time, CPU time (user + 
 come from the kernel's rusage of that child (os.wait4). Ours includes Python start-up and imports (~0.9 s), numba
 loading its compiled kernels (~0.2 s), reading the eimage and writing the calexp, background and catalog. Ours is
 also measured the way the workflow runs it, in a long-lived process (a Parsl worker): the same visit processed 4
-times in one process, the median of the last 3 (reading and writing included, start-up and imports not). The peer pipeline (Debian packages ``source-extractor`` and ``psfex``; installed with
-apt-get when missing and possible, else skipped with a message) is the classic one: SExtractor to pick PSF stars
+times in one process, the median of the last 3 (reading and writing included, start-up and imports not).
+
+The peer pipeline (Debian packages ``source-extractor`` and ``psfex``; installed with apt-get when missing and
+possible, else skipped with a message) is the classic one: SExtractor to pick PSF stars
 (vignettes), PSFEx to model the PSF, SExtractor again with the PSF model for PSF photometry. It does not find
 cosmic rays nor calibrate the astrometry or photometry, which ours does; the comparison is therefore
 conservative for us. Prints a table and the ratio ours / theirs; no assertion (speed is not a test).

@@ -3,9 +3,9 @@
 A dataset is (dataset type, data ID, run) -> one file under ``REPO/<run>/<datasetType>/``. Files are written
 atomically (temporary name in the same folder, fsync -- except by workflow jobs, see
 :func:`~twinkles.repo.storage.atomic_write` -- then rename); the registry rows are inserted in one transaction,
-with each file's size, and only after the files exist. Only the orchestrating process registers: a job calls :meth:`Repository.write`
-(files only) and hands back the :class:`DatasetRef` list, which the orchestrator passes to
-:meth:`Repository.register`. :meth:`Repository.put` does both, for single-process use.
+with each file's size, and only after the files exist. Only the orchestrating process registers: a job calls
+:meth:`Repository.write` (files only) and hands back the :class:`DatasetRef` list, which the orchestrator passes
+to :meth:`Repository.register`. :meth:`Repository.put` does both, for single-process use.
 """
 
 from __future__ import annotations
@@ -361,8 +361,8 @@ class Repository:
         by a machine crash before the kernel wrote it back, or damaged since), and leftover temporary files.
         With ``fix``: remove the rows without a file, the temporaries, and the damaged files with their rows --
         except in ``keep_runs`` (the inputs, which no job can make again: counted as ``damaged_inputs`` and left
-        for the user to simulate or ingest again; the jobs reading them fail with a clear message). The jobs that made what was removed are done again by the next
-        ``twinkles run``."""
+        for the user to simulate or ingest again; the jobs reading them fail with a clear message). The jobs that
+        made what was removed are done again by the next ``twinkles run``."""
         with self.read_only() as conn:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(datasets)")}
             size = "size" if "size" in columns else "NULL AS size"
@@ -380,8 +380,9 @@ class Repository:
         redo = [(i, path) for i, run, path in damaged if run not in keep_runs]
         if fix:
             with self.connect() as conn:
-                conn.executemany("DELETE FROM datasets WHERE id = ?", [(i,) for i in missing] + [(i,) for i, _ in redo])
+                conn.executemany("DELETE FROM datasets WHERE id = ?",
+                                 [(i,) for i in missing] + [(i,) for i, _ in redo])
             for p in temporaries + [self.root / path for _, path in redo]:
                 p.unlink(missing_ok=True)
-        return {"missing_files": len(missing), "damaged_files": len(redo), "damaged_inputs": len(damaged) - len(redo),
-                "temporary_files": len(temporaries)}
+        return {"missing_files": len(missing), "damaged_files": len(redo),
+                "damaged_inputs": len(damaged) - len(redo), "temporary_files": len(temporaries)}

@@ -2,8 +2,9 @@
 
 The DM stack's ProcessEimageTask (characterizeImage + calibrate) in one stage:
 
-1. background: a mesh estimate (sep) with saturated and no-data pixels excluded, re-estimated with the detected
-   footprints masked, subtracted and written as ``calexp_background``;
+1. background: a mesh estimate (sep) with saturated and no-data pixels excluded and subtracted; the residual
+   background of the subtracted image, with the detected footprints masked, estimated the same way, subtracted
+   and added to the first (as DM's re-estimate); the total is written as ``calexp_background``;
 2. cosmic rays (astroscrappy, L.A.Cosmic) masked CR and interpolated (INTRP); saturated pixels and bleed trails
    masked SAT; the border where the smoothing kernel runs off the image masked EDGE;
 3. detection: the PSF-smoothed image thresholded at ``detection.threshold`` sigma; footprints, peaks (DETECTED);

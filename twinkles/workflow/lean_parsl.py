@@ -6,10 +6,10 @@ every executor (Flux, Work Queue, Globus Compute...), ``typeguard``... that the 
 worker pool never use: ~0.3 s of CPU instead of ~0.15 s, paid one after the other before the first job of a run.
 
 Here those two packages (and ``parsl.monitoring``, whose ``__init__`` imports the monitoring hub, and
-``requests``) are registered with their ``__init__`` deferred: their submodules import as usual, and the first access to any other attribute
-(``parsl.python_app``, ``parsl.executors.HighThroughputExecutor``...) runs the real ``__init__`` then, so code
-that needs the full package still gets it. Only the processes Parsl starts for the local executor import this
-(:mod:`twinkles.workflow.worker_pool`); never the orchestrator.
+``requests``) are registered with their ``__init__`` deferred: their submodules import as usual, and the first
+access to any other attribute (``parsl.python_app``, ``parsl.executors.HighThroughputExecutor``...) runs the real
+``__init__`` then, so code that needs the full package still gets it. Only the processes Parsl starts for the
+local executor import this (:mod:`twinkles.workflow.worker_pool`); never the orchestrator.
 """
 
 from __future__ import annotations
