@@ -8,7 +8,7 @@ data) do not enter the estimate; cells with too few unmasked pixels are filled f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import sep
@@ -21,12 +21,6 @@ class BackgroundResult:
     image: np.ndarray  # background at every pixel (same units as the input image), float32
     level: float  # global background level (mean over the mesh)
     global_rms: float  # global background RMS
-    _sep_background: object = field(default=None, repr=False)
-
-    @property
-    def rms(self) -> np.ndarray:
-        """Background RMS at every pixel, float32 (interpolated from the mesh when asked for)."""
-        return self._sep_background.rms(dtype=np.float32)
 
 
 def grow_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
@@ -61,4 +55,4 @@ def estimate_background(image: np.ndarray, mask: np.ndarray | None = None, mesh_
     ny, nx = data.shape
     mesh = int(max(8, min(mesh_px, ny, nx)))
     bkg = sep.Background(data, mask=bad, bw=mesh, bh=mesh, fw=filter_size, fh=filter_size, fthresh=fthresh)
-    return BackgroundResult(bkg.back(dtype=np.float32), float(bkg.globalback), float(bkg.globalrms), bkg)
+    return BackgroundResult(bkg.back(dtype=np.float32), float(bkg.globalback), float(bkg.globalrms))
