@@ -24,6 +24,41 @@ def test_lean_parsl_imports_the_pool_without_the_whole_library_and_loads_it_on_u
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+def test_stand_ins_keep_typeguard_and_zmq_auth_out_until_used():
+    code = (
+        "import sys, twinkles.workflow.lean_parsl\n"
+        "import parsl.executors.high_throughput.interchange, parsl.executors.high_throughput.process_worker_pool\n"
+        "assert 'asyncio' not in sys.modules and 'unittest.mock' not in sys.modules, 'stand-ins not used'\n"
+        "import typeguard\n"
+        "f = lambda x: x\n"
+        "assert typeguard.typechecked(f) is f and typeguard.typechecked()(f) is f\n"
+        "from typeguard import check_type, TypeCheckError\n"  # anything else: the real typeguard
+        "assert check_type(3, int) == 3\n"
+        "try:\n"
+        "    check_type('3', int)\n"
+        "    raise SystemExit('not checked')\n"
+        "except TypeCheckError:\n"
+        "    pass\n"
+        "assert sys.modules['typeguard'].check_type is check_type\n"
+        "import zmq\n"
+        "from parsl import curvezmq\n"
+        "auth = curvezmq.ThreadAuthenticator(zmq.Context())\n"  # loads the real module when called
+        "import zmq.auth.thread as real\n"
+        "assert type(auth) is real.ThreadAuthenticator and 'asyncio' in sys.modules\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_registration_lists_the_same_packages_from_metadata_headers():
+    from importlib.metadata import distributions
+
+    from twinkles.workflow.worker_pool import header_metadata_distributions
+    fast = {d.metadata["Name"]: d.version for d in header_metadata_distributions()}
+    full = {d.metadata["Name"]: d.version for d in distributions()}
+    assert fast == full and "parsl" in fast and "numpy" in fast
+
+
 def _whoami():
     import os
     import sys
