@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from .startup import frozen_imports
+
 __all__ = ["main", "build_parser", "UserError", "LIBRARY_THREAD_VARIABLES", "single_threaded_libraries"]
 
 #: thread-pool sizes of the numerical libraries (OpenMP: astroscrappy; OpenBLAS: numpy/scipy)
@@ -168,10 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     single_threaded_libraries()
     ensure_env_bin_on_path()
-    args = build_parser().parse_args(argv)
-    from .repo import DataIdError, RepositoryError
-    from .repo.repository import DatasetNotFoundError
-    from .stages import StageError
+    with frozen_imports():  # the verbs' modules and the repository stack (see startup.py)
+        parser = build_parser()
+        from .repo import DataIdError, RepositoryError
+        from .repo.repository import DatasetNotFoundError
+        from .stages import StageError
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (UserError, DataIdError, RepositoryError, DatasetNotFoundError, StageError) as exc:

@@ -18,6 +18,8 @@ import dataclasses
 import importlib
 from types import ModuleType
 
+from ..startup import import_frozen
+
 __all__ = ["STAGE_MODULES", "load_stage", "available_stages", "apply_config_overrides", "ProcessingError",
            "StageError"]
 
@@ -54,7 +56,7 @@ def load_stage(name: str) -> ModuleType:
         raise StageError(f"unknown stage {name!r}; stages: {', '.join(STAGE_MODULES)}")
     if not _module_exists(STAGE_MODULES[name]):
         raise StageError(f"stage {name!r} is not implemented yet; implemented: {', '.join(available_stages())}")
-    return importlib.import_module(STAGE_MODULES[name])
+    return import_frozen(STAGE_MODULES[name])  # the scientific stack, without cycle collections (startup.py)
 
 
 def _coerce(value: str, current):

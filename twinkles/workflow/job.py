@@ -147,12 +147,15 @@ def execute_job(repo_root: str, run: str, input_runs: list[str], spec: dict, iso
         with contextlib.ExitStack() as stack:
             for r in redirect:
                 stack.enter_context(r)
-            # imported here, in the measured time: a worker's first job pays for loading the stack
-            from ..repo import Repository
-            from ..stages import apply_config_overrides
-            from ..stages.runner import run_quantum_once
+            # imported here, in the measured time: a worker's first job pays for loading the stack (without
+            # cycle collections walking it, then or in later jobs: twinkles.startup)
+            from ..startup import frozen_imports
+            with frozen_imports():
+                from ..repo import Repository
+                from ..stages import apply_config_overrides
+                from ..stages.runner import run_quantum_once
 
-            module = importlib.import_module(spec["module"])
+                module = importlib.import_module(spec["module"])
             config = apply_config_overrides(module.Config(), spec.get("overrides") or {}, spec["stage"])
             repo = Repository(root, durable_writes=False)  # no fsync per file: see storage.atomic_write
             outputs, meta = run_quantum_once(repo, module, spec["data_id"], config, run, input_runs)
