@@ -13,8 +13,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# compileall: an editable install leaves twinkles' own modules uncompiled, and where PYTHONDONTWRITEBYTECODE is
+# set every process (each workflow worker, each `twinkles` command) would compile them again (~0.1 CPU-s)
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/python -m compileall -q twinkles
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
