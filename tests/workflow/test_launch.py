@@ -65,8 +65,9 @@ def _whoami():
 
     import psutil
     me = psutil.Process()
-    return {"pid": os.getpid(), "parent": " ".join(me.parent().cmdline()),
-            "grandparent": " ".join(me.parent().parent().cmdline()),
+    parent = me.parent()
+    return {"pid": os.getpid(), "parent_pid": parent.pid, "parent_threads": parent.num_threads(),
+            "parent": " ".join(parent.cmdline()), "grandparent": " ".join(parent.parent().cmdline()),
             "dflow_imported": "parsl.dataflow.dflow" in sys.modules}
 
 
@@ -84,7 +85,9 @@ def test_local_workers_are_forked_from_the_pools_fork_server(tmp_path):
     finally:
         dfk.cleanup()
     for w in seen:
-        assert "multiprocessing.forkserver" in w["parent"], w  # not spawned by the pool itself
-        assert "twinkles.workflow.worker_pool" in w["grandparent"], w
+        # forked by the fork server -- itself a fork of the pool made before the pool started any thread -- not
+        # spawned by the pool (whose ZeroMQ and communication threads make forking it unsafe)
+        assert "twinkles.workflow.worker_pool" in w["parent"] and "twinkles.workflow.worker_pool" in w["grandparent"]
+        assert w["parent_threads"] == 1, w
         assert not w["dflow_imported"], w  # the worker has only the parts of Parsl it uses
-    assert len({w["pid"] for w in seen}) <= 2
+    assert len({w["pid"] for w in seen}) <= 2 and len({w["parent_pid"] for w in seen}) == 1

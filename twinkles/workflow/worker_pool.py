@@ -18,7 +18,9 @@ because a run waits for them one after the other before its first job:
   2-core machine, the manager before the workers). Here a fork server is started first thing, importing the pool
   module while the pool itself starts and connects to the interchange; the manager and the workers are forked
   from it, ready at once. The fork server is single-threaded, so forking is safe (forking the pool itself is
-  not: it holds a ZeroMQ context); a worker replaced by the pool's watchdog is forked from it too.
+  not: it holds a ZeroMQ context); a worker replaced by the pool's watchdog is forked from it too. The fork
+  server itself (and multiprocessing's resource tracker) is this process forked at the very start of its
+  ``main`` rather than a new interpreter (:func:`fork_helper`), so it starts importing at once.
 
 The workers run Parsl's worker function, one job at a time each, so jobs, their CPU time and their memory are
 measured as before.
@@ -26,13 +28,14 @@ measured as before.
 
 from __future__ import annotations
 
-import email.parser
 import functools
-import importlib.metadata
 import multiprocessing
 import multiprocessing.forkserver
+import multiprocessing.util
+import os
 import runpy
 import sys
+import traceback
 
 POOL_MODULE = "parsl.executors.high_throughput.process_worker_pool"
 INTERCHANGE_MODULE = "parsl.executors.high_throughput.interchange"
@@ -43,11 +46,12 @@ class HeaderMetadataDistribution:
     """An ``importlib.metadata`` distribution whose ``metadata`` (and so ``version``) is read from the headers of
     its metadata file only; everything else is the distribution's own."""
 
-    def __init__(self, dist: importlib.metadata.Distribution):
+    def __init__(self, dist):
         self._dist = dist
 
     @functools.cached_property
     def metadata(self):
+        import email.parser
         d = self._dist
         text = d.read_text("METADATA") or d.read_text("PKG-INFO") or d.read_text("") or ""
         return email.parser.HeaderParser().parsestr(text.split("\n\n", 1)[0])
@@ -65,7 +69,42 @@ def header_metadata_distributions(**kwargs):
     return (HeaderMetadataDistribution(d) for d in _distributions(**kwargs))
 
 
-_distributions = importlib.metadata.distributions
+def _distributions(**kwargs):
+    import importlib.metadata
+    return importlib.metadata.Distribution.discover(**kwargs)
+
+
+def fork_helper(path: str, args: list[str], passfds) -> int:
+    """``multiprocessing.util.spawnv_passfds`` for the helpers multiprocessing starts as ``python -c CODE`` (the fork
+    server, the resource tracker): this process forked, running CODE with only ``passfds`` and stdin/out/err
+    open -- as the new interpreter would -- instead of a new interpreter starting up (~25 ms before it can import
+    anything). Only while this process is single-threaded and has imported little: the start of :func:`main`."""
+    if len(args) < 2 or args[-2] != "-c":
+        return _spawnv_passfds(path, args, passfds)
+    code = args[-1]
+    keep = {int(fd) for fd in passfds} | {0, 1, 2}
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 1
+    try:
+        for fd in sorted(int(name) for name in os.listdir("/proc/self/fd")):
+            if fd not in keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        exec(compile(code, "<multiprocessing helper>", "exec"), {"__name__": "__main__"})
+        status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported, then this child exits
+        traceback.print_exc()
+    finally:
+        os._exit(status)
+
+
+_spawnv_passfds = multiprocessing.util.spawnv_passfds
 
 
 def main() -> None:
@@ -76,9 +115,16 @@ def main() -> None:
         module = POOL_MODULE
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([LEAN, POOL_MODULE])
-        multiprocessing.forkserver.ensure_running()  # starts importing now, in its own process
+        # first thing: the fork server starts importing now, in its own process (forked: see fork_helper)
+        multiprocessing.util.spawnv_passfds = fork_helper
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            multiprocessing.util.spawnv_passfds = _spawnv_passfds
     __import__(LEAN)
     if module == POOL_MODULE:
+        import importlib.metadata
+
         import parsl.multiprocessing as pm
 
         pm.SpawnContext = context  # the pool module reads it when it is run below
