@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pe_synthetic import make_field
 
-from twinkles.algorithms.background import estimate_background, grow_mask
+from twinkles.algorithms.background import estimate_background, grow_mask, move_residual_background
 from twinkles.algorithms.cosmic_rays import find_cosmic_rays
 from twinkles.algorithms.detection import detect_sources, edge_mask, saturation_mask, significance_image
 
@@ -34,6 +34,30 @@ def test_background_ignores_masked_sources():
     assert np.median(masked.image) <= np.median(naive.image) + 0.5
     with pytest.raises(ValueError, match="every pixel"):
         estimate_background(img, np.ones(img.shape, bool))
+
+
+def test_residual_background_moves_from_the_image_to_the_total():
+    rng = np.random.default_rng(4)
+    ny, nx = 512, 512
+    yy, xx = np.mgrid[:ny, :nx]
+    sky = 900.0 + 0.1 * xx - 0.05 * yy
+    img = rng.normal(sky, 30.0).astype(np.float32)
+    first = np.full(img.shape, 880.0, np.float32)  # a first estimate that left 20 e- and the gradient behind
+    sub = img - first
+    mask = np.zeros(img.shape, bool)
+    mask[200:260, 300:340] = True
+    expected = estimate_background(sub, mask, mesh_px=128)  # the same estimate, as a full image
+    total, sub_before = first.copy(), sub.copy()
+    level, rms = move_residual_background(sub, total, mask, mesh_px=128)
+    assert np.array_equal(sub, sub_before - expected.image)  # sep's own subtraction: bit-identical
+    assert np.allclose(total, first + expected.image, rtol=0, atol=1e-3)
+    assert np.allclose(sub + total, img, rtol=0, atol=1e-3)  # nothing lost: image = calexp + background
+    assert level == expected.level and rms == expected.global_rms
+    assert np.max(np.abs(total - sky)[64:-64, 64:-64]) < 2.0  # and the total is the sky
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        move_residual_background(sub.astype(np.float64), total, mask)
+    with pytest.raises(ValueError, match="every pixel"):
+        move_residual_background(sub, total, np.ones(img.shape, bool))
 
 
 def test_significance_image_is_snr_of_a_point_source():

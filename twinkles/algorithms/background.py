@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import sep
 
-__all__ = ["BackgroundResult", "estimate_background", "grow_mask"]
+__all__ = ["BackgroundResult", "estimate_background", "move_residual_background", "grow_mask"]
 
 
 @dataclass
@@ -36,13 +36,9 @@ def grow_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
     return dilate_square(mask, r)
 
 
-def estimate_background(image: np.ndarray, mask: np.ndarray | None = None, mesh_px: int = 128,
-                        filter_size: int = 3, fthresh: float = 0.0) -> BackgroundResult:
-    """Estimate the sky background of ``image`` with sources (``mask`` True) excluded.
-
-    Parameters: ``mesh_px`` -- cell size (pixels; DM's binSize is 128); ``filter_size`` -- median filter over cells.
-    Non-finite pixels are excluded automatically.
-    """
+def _sep_background(image: np.ndarray, mask: np.ndarray | None, mesh_px: int, filter_size: int, fthresh: float):
+    """sep's background model of ``image`` (float32, C-contiguous) with ``mask`` True and non-finite pixels
+    excluded."""
     data = np.ascontiguousarray(image, dtype=np.float32)
     finite = np.isfinite(data)
     bad = None if mask is None else np.ascontiguousarray(mask, dtype=bool)
@@ -54,5 +50,35 @@ def estimate_background(image: np.ndarray, mask: np.ndarray | None = None, mesh_
         raise ValueError("estimate_background: every pixel is masked or non-finite; nothing to estimate from")
     ny, nx = data.shape
     mesh = int(max(8, min(mesh_px, ny, nx)))
-    bkg = sep.Background(data, mask=bad, bw=mesh, bh=mesh, fw=filter_size, fh=filter_size, fthresh=fthresh)
+    return sep.Background(data, mask=bad, bw=mesh, bh=mesh, fw=filter_size, fh=filter_size, fthresh=fthresh)
+
+
+def estimate_background(image: np.ndarray, mask: np.ndarray | None = None, mesh_px: int = 128,
+                        filter_size: int = 3, fthresh: float = 0.0) -> BackgroundResult:
+    """Estimate the sky background of ``image`` with sources (``mask`` True) excluded.
+
+    Parameters: ``mesh_px`` -- cell size (pixels; DM's binSize is 128); ``filter_size`` -- median filter over cells.
+    Non-finite pixels are excluded automatically.
+    """
+    bkg = _sep_background(image, mask, mesh_px, filter_size, fthresh)
     return BackgroundResult(bkg.back(dtype=np.float32), float(bkg.globalback), float(bkg.globalrms))
+
+
+def move_residual_background(subtracted: np.ndarray, total: np.ndarray, mask: np.ndarray | None = None,
+                             mesh_px: int = 128, filter_size: int = 3,
+                             fthresh: float = 0.0) -> tuple[float, float]:
+    """Re-estimate the background left in a background-subtracted image (sources ``mask``-ed) and move it, in place,
+    from ``subtracted`` to ``total`` (the background subtracted so far): ``subtracted -= residual``,
+    ``total += residual``, without a full-size image of the residual. Both arrays float32, C-contiguous and of
+    the same shape. Returns the residual's global level and RMS; raises ValueError if every pixel is masked.
+    """
+    for name, a in (("subtracted", subtracted), ("total", total)):
+        if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != subtracted.shape:
+            raise ValueError(f"move_residual_background: {name} must be a C-contiguous float32 array of the "
+                             f"image's shape, got {a.dtype} {a.shape}")
+    bkg = _sep_background(subtracted, mask, mesh_px, filter_size, fthresh)
+    bkg.subfrom(subtracted)
+    np.negative(total, out=total)  # total + residual = -((-total) - residual): sep only subtracts
+    bkg.subfrom(total)
+    np.negative(total, out=total)
+    return float(bkg.globalback), float(bkg.globalrms)

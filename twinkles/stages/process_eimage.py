@@ -31,7 +31,7 @@ import numpy as np
 from astropy.table import Table
 
 from ..algorithms.astrometry import AstrometryError, fit_astrometry
-from ..algorithms.background import BackgroundResult, estimate_background, grow_mask
+from ..algorithms.background import BackgroundResult, estimate_background, grow_mask, move_residual_background
 from ..algorithms.cosmic_rays import find_cosmic_rays
 from ..algorithms.detection import detect_sources, saturation_mask
 from ..algorithms.photocal import (PhotoCalError, aperture_correction, fit_zero_point, reference_magnitudes,
@@ -287,15 +287,12 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     # the residual background of the subtracted image with the sources masked, added to the first estimate
     # (DM's SourceDetectionTask re-estimates the background the same way)
     try:
-        residual = estimate_background(sub, src_mask, config.background.mesh_px, config.background.filter_size)
+        level, rms = move_residual_background(sub, bkg.image, src_mask, config.background.mesh_px,
+                                              config.background.filter_size)
+        bkg = BackgroundResult(bkg.image, bkg.level + level, rms)
     except ValueError:
-        residual = None  # everything is covered by sources: keep the first estimate
+        pass  # everything is covered by sources: keep the first estimate
     del src_mask
-    if residual is not None:
-        sub -= residual.image
-        bkg.image += residual.image
-        bkg = BackgroundResult(bkg.image, bkg.level + residual.level, residual.global_rms)
-        del residual
     det = detect_sources(sub, variance, sigma0, dcfg.threshold, ignore=no_data, min_pixels=dcfg.min_pixels,
                          min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma, saturated=sat,
                          wing_contrast=dcfg.wing_contrast, wing_contrast_sigma=dcfg.wing_contrast_sigma)
