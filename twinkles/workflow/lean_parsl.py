@@ -33,36 +33,12 @@ import importlib.util
 import sys
 import types
 
+from ..startup import defer_package_init
+
 __all__ = ["defer_package_init", "stand_in"]
 
 # ``requests`` too: parsl.addresses imports it (~45 ms) for address_by_query, which neither process calls
 DEFERRED = ("parsl", "parsl.executors", "parsl.monitoring", "requests")
-
-
-def defer_package_init(name: str) -> None:
-    """Register package ``name`` in ``sys.modules`` with its ``__init__`` run on first use (no-op if imported)."""
-    if name in sys.modules:
-        return
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.submodule_search_locations is None:
-        return
-    module = importlib.util.module_from_spec(spec)
-    state = {"loaded": False}
-
-    def __getattr__(attr: str):  # noqa: N807 - module-level __getattr__ (PEP 562)
-        if attr.startswith("__") or state["loaded"] or importlib.util.find_spec(f"{name}.{attr}") is not None:
-            # dunders, and submodules (``from parsl import curvezmq``): the import system takes it from here
-            raise AttributeError(f"module {name!r} has no attribute {attr!r}")
-        state["loaded"] = True
-        del module.__getattr__
-        spec.loader.exec_module(module)  # the real __init__, in this module object
-        return getattr(module, attr)
-
-    module.__getattr__ = __getattr__
-    sys.modules[name] = module
-    parent, _, child = name.rpartition(".")
-    if parent:
-        setattr(sys.modules[parent], child, module)
 
 
 def stand_in(name: str, attributes: dict) -> None:
