@@ -15,6 +15,7 @@ from twinkles.image import Exposure, PhotoCalib, VisitInfo, mask_bit
 from twinkles.psf import GaussianPSF, ImageGridPSF
 from twinkles.repo import (DataIdError, DatasetNotFoundError, QuantumButler, Repository, RepositoryError,
                            parse_id_args, validate_data_id)
+from twinkles.repo.storage import DatasetReadError
 
 
 def _wcs(ra=53.0091, dec=-27.4389, shape=(64, 64)):
@@ -81,6 +82,10 @@ def test_catalog_round_trip(repo):
     assert str(back["psfFlux"].unit) == "nJy"
     assert back.meta["visit"] == 840
     assert back["flag"].dtype == bool
+    some = repo.get("src", {"visit": 840, "detector": 0}, columns=["psfFlux", "sourceId"])
+    assert some.colnames == ["psfFlux", "sourceId"] and str(some["psfFlux"].unit) == "nJy"
+    with pytest.raises(DatasetReadError, match="no column.s. nope; its columns: sourceId, psfFlux"):
+        repo.get("src", {"visit": 840, "detector": 0}, columns=["psfFlux", "nope"])
 
 
 @pytest.mark.parametrize("bad", [
