@@ -22,8 +22,7 @@ def test_import_frozen_collects_nothing_while_importing_and_freezes_what_it_impo
         "import_frozen('json')\n"
         "assert not gc.isenabled()\n"  # left as it was
         "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    _prints_ok_in_a_fresh_python(code)
 
 
 def test_numpy_testing_and_f2py_wait_for_their_first_use():
@@ -41,5 +40,10 @@ def test_numpy_testing_and_f2py_wait_for_their_first_use():
         "assert np.testing is t and t.assert_allclose is assert_allclose\n"
         "import numpy.testing.overrides\n"
         "print('ok')\n")
+    _prints_ok_in_a_fresh_python(code)
+
+
+def _prints_ok_in_a_fresh_python(code: str) -> None:
+    """Run ``code`` in a new interpreter (imports are the point of these tests); it must print ok."""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

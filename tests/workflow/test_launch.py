@@ -20,8 +20,7 @@ def test_lean_parsl_imports_the_pool_without_the_whole_library_and_loads_it_on_u
         "from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor\n"
         "assert 'parsl.dataflow.dflow' in sys.modules\n"
         "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    _prints_ok_in_a_fresh_python(code)
 
 
 def test_stand_ins_keep_typeguard_and_zmq_auth_out_until_used():
@@ -46,8 +45,7 @@ def test_stand_ins_keep_typeguard_and_zmq_auth_out_until_used():
         "import zmq.auth.thread as real\n"
         "assert type(auth) is real.ThreadAuthenticator and 'asyncio' in sys.modules\n"
         "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    _prints_ok_in_a_fresh_python(code)
 
 
 def test_registration_lists_the_same_packages_from_metadata_headers():
@@ -91,3 +89,9 @@ def test_local_workers_are_forked_from_the_pools_fork_server(tmp_path):
         assert w["parent_threads"] == 1, w
         assert not w["dflow_imported"], w  # the worker has only the parts of Parsl it uses
     assert len({w["pid"] for w in seen}) <= 2 and len({w["parent_pid"] for w in seen}) == 1
+
+
+def _prints_ok_in_a_fresh_python(code: str) -> None:
+    """Run ``code`` in a new interpreter (imports are the point of these tests); it must print ok."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
