@@ -29,7 +29,6 @@ never the orchestrator, whose Parsl is the full, type-checked one.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 import types
 
@@ -59,16 +58,16 @@ def stand_in(name: str, attributes: dict) -> None:
     if parent:  # ``import a.b.c`` then finds the parents too
         setattr(importlib.import_module(parent), child, module)
     sys.modules[name] = module
-    _STAND_INS.add(id(module))
+    _STAND_INS[name] = module
 
 
-_STAND_INS: set[int] = set()
+_STAND_INS: dict[str, types.ModuleType] = {}
 
 
 def real_module(name: str):
     """The real module ``name``, imported in place of its stand-in if there is one."""
     module = sys.modules.get(name)
-    if module is not None and id(module) in _STAND_INS:
+    if module is not None and module is _STAND_INS.get(name):
         del sys.modules[name]
         module = importlib.import_module(name)
         parent, _, child = name.rpartition(".")
