@@ -68,14 +68,18 @@ def defer_unused_numpy_modules() -> None:
 
 @contextlib.contextmanager
 def frozen_imports():
-    """Imports inside this block run without cycle collections; what exists at its end is frozen."""
+    """Imports inside this block run without cycle collections; if modules were imported, what exists at its end
+    is frozen. (Only then: a long-lived process entering the block again -- a workflow worker, every job --
+    would otherwise freeze, and so never free, the reference cycles its earlier work left for the collector.)"""
     enabled = gc.isenabled()
     gc.disable()
+    n_modules = len(sys.modules)
     try:
         defer_unused_numpy_modules()
         yield
     finally:
-        gc.freeze()
+        if len(sys.modules) > n_modules:
+            gc.freeze()
         if enabled:
             gc.enable()
 
