@@ -15,12 +15,13 @@ because a run waits for them one after the other before its first job:
   with the ~75 packages of our environment (Parsl's code parses every file whole, twice);
 * the worker pool starts its processes from a fork server. Parsl uses the ``spawn`` start method: the pool's
   multiprocessing manager, then each worker, is a fresh interpreter importing Parsl again (~0.3-0.7 s each on the
-  2-core machine, the manager before the workers). Here a fork server is started first thing, importing the pool
-  module while the pool itself starts and connects to the interchange; the manager and the workers are forked
-  from it, ready at once. The fork server is single-threaded, so forking is safe (forking the pool itself is
-  not: it holds a ZeroMQ context); a worker replaced by the pool's watchdog is forked from it too. The fork
-  server itself (and multiprocessing's resource tracker) is this process forked at the very start of its
-  ``main`` rather than a new interpreter (:func:`fork_helper`), so it starts importing at once.
+  2-core machine, the manager before the workers). Here the pool imports its module's dependencies, then forks
+  its fork server (and multiprocessing's resource tracker) from itself (:func:`fork_helper`) -- it is still
+  single-threaded then, and the fork server has everything imported without importing it again -- and the
+  manager and the workers are forked from the fork server, ready at once. Forking the pool later is not safe (it
+  then holds a ZeroMQ context and threads); a worker replaced by the pool's watchdog is forked from the fork
+  server too. (Starting the fork server first, importing in parallel with the pool, was ~30 ms slower to the
+  first job: the two imported the same modules at once, beside the interchange, on 2 cores.)
 
 The workers run Parsl's worker function, one job at a time each, so jobs, their CPU time and their memory are
 measured as before.
@@ -29,6 +30,7 @@ measured as before.
 from __future__ import annotations
 
 import functools
+import importlib
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.util
@@ -77,8 +79,9 @@ def _distributions(**kwargs):
 def fork_helper(path: str, args: list[str], passfds) -> int:
     """``multiprocessing.util.spawnv_passfds`` for the helpers multiprocessing starts as ``python -c CODE`` (the fork
     server, the resource tracker): this process forked, running CODE with only ``passfds`` and stdin/out/err
-    open -- as the new interpreter would -- instead of a new interpreter starting up (~25 ms before it can import
-    anything). Only while this process is single-threaded and has imported little: the start of :func:`main`."""
+    open -- as the new interpreter would -- instead of a new interpreter starting up and importing (the fork has
+    this process's modules already). Only while this process is single-threaded: in :func:`main`, before the pool
+    module runs."""
     if len(args) < 2 or args[-2] != "-c":
         return _spawnv_passfds(path, args, passfds)
     code = args[-1]
@@ -113,20 +116,21 @@ def main() -> None:
         module = INTERCHANGE_MODULE
     else:
         module = POOL_MODULE
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([LEAN, POOL_MODULE])
-        # first thing: the fork server starts importing now, in its own process (forked: see fork_helper)
-        multiprocessing.util.spawnv_passfds = fork_helper
-        try:
-            multiprocessing.forkserver.ensure_running()
-        finally:
-            multiprocessing.util.spawnv_passfds = _spawnv_passfds
     __import__(LEAN)
     if module == POOL_MODULE:
         import importlib.metadata
 
         import parsl.multiprocessing as pm
 
+        # the pool module's imports, once (the module itself runs below, as __main__); then the fork server, a
+        # fork of this still single-threaded process with all of it imported (fork_helper): nothing to preload
+        importlib.import_module(POOL_MODULE)
+        context = multiprocessing.get_context("forkserver")
+        multiprocessing.util.spawnv_passfds = fork_helper
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            multiprocessing.util.spawnv_passfds = _spawnv_passfds
         pm.SpawnContext = context  # the pool module reads it when it is run below
         importlib.metadata.distributions = header_metadata_distributions  # its registration message
     sys.argv[0] = module.rsplit(".", 1)[1] + ".py"
