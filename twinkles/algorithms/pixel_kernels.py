@@ -161,55 +161,69 @@ def dilate_disc(mask, r):  # pragma: no cover - jit
     return out
 
 
-@njit(cache=True, nogil=True)
-def _filter_row(image, variance, bad, kernel, y, w, row, out):  # pragma: no cover - jit
-    """``out`` = row ``y`` of the weighted image ``I/V`` (zero where unusable) convolved with ``kernel``."""
+@njit(cache=True, nogil=True, error_model="numpy")
+def _weights_row(image, variance, bad, y, h, wpad):  # pragma: no cover - jit
+    """``wpad[h:h + nx]`` = row ``y`` of the weighted image ``I/V``, zero where unusable (branch-free, so the loop
+    vectorises); the ``h`` cells at each end stay zero."""
+    nx = image.shape[1]
+    one = np.float32(1.0)
+    for x in range(nx):
+        v = variance[y, x]
+        wi = image[y, x] * (one / v)
+        ok = (v > 0) & (not bad[y, x]) & np.isfinite(wi)
+        wpad[x + h] = wi if ok else np.float32(0.0)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _filter_row(image, variance, bad, kernel, y, wpad, out):  # pragma: no cover - jit
+    """``out`` = row ``y`` of the weighted image ``I/V`` (zero where unusable) convolved with ``kernel`` (float32).
+    The weights sit in the zero-padded ``wpad`` (length nx + len(kernel) - 1), so every tap is one loop over the
+    whole row with no bounds to test: SIMD, ~7x faster than clipping each tap's range."""
     nx = image.shape[1]
     h = len(kernel) // 2
+    _weights_row(image, variance, bad, y, h, wpad)
     for x in range(nx):
-        w[x] = 0.0
-        v = variance[y, x]
-        if v > 0 and not bad[y, x]:
-            wi = image[y, x] * (np.float32(1.0) / v)
-            if np.isfinite(wi):
-                w[x] = wi
-    row[:] = 0.0
-    for k in range(-h, h + 1):
-        c = kernel[k + h]
-        for x in range(max(0, -k), min(nx, nx - k)):
-            row[x] += c * w[x + k]
-    for x in range(nx):
-        out[x] = row[x]
+        out[x] = np.float32(0.0)
+    for k in range(2 * h + 1):
+        c = kernel[k]
+        for x in range(nx):
+            out[x] += c * wpad[x + k]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def matched_filter_snr(image, variance, bad, kernel, den_scale):  # pragma: no cover - jit
     """``S/N = (K * (I/V)) / sqrt(den_scale / V)`` with K the separable kernel ``outer(kernel, kernel)`` (zero
-    outside the image); pixels that are ``bad``, non-finite or without positive variance get zero weight. Rows
-    (weights made on the fly, kept in a ring of ``len(kernel)`` rows) then columns, each output row accumulated in
-    double precision."""
+    outside the image); pixels that are ``bad``, non-finite or without positive variance get zero weight (and
+    S/N 0). Rows (weights made on the fly, kept in a ring of ``len(kernel)`` rows) then columns, in float32 (a
+    sum of ~10-20 taps: ~1e-6 relative), each loop branch-free over a whole row so that it vectorises."""
     ny, nx = image.shape
     h = len(kernel) // 2
     m = 2 * h + 1
+    kern = kernel.astype(np.float32)
     ring = np.empty((m, nx), np.float32)  # row-filtered rows y - h .. y + h, row r at r % m
-    w = np.empty(nx, np.float32)
-    row = np.empty(nx, np.float64)
+    wpad = np.zeros(nx + 2 * h, np.float32)
+    acc = np.empty(nx, np.float32)
     for r in range(min(h, ny)):
-        _filter_row(image, variance, bad, kernel, r, w, row, ring[r % m])
-    snr = np.zeros((ny, nx), np.float32)
+        _filter_row(image, variance, bad, kern, r, wpad, ring[r % m])
+    snr = np.empty((ny, nx), np.float32)
+    one = np.float32(1.0)
+    ds = np.float32(den_scale)
     for y in range(ny):
         if y + h < ny:
-            _filter_row(image, variance, bad, kernel, y + h, w, row, ring[(y + h) % m])
-        row[:] = 0.0
+            _filter_row(image, variance, bad, kern, y + h, wpad, ring[(y + h) % m])
+        for x in range(nx):
+            acc[x] = np.float32(0.0)
         for k in range(max(-h, -y), min(h, ny - 1 - y) + 1):
-            c = kernel[k + h]
+            c = kern[k + h]
             src = ring[(y + k) % m]
             for x in range(nx):
-                row[x] += c * src[x]
+                acc[x] += c * src[x]
         for x in range(nx):
             v = variance[y, x]
-            if v > 0 and not bad[y, x] and np.isfinite(image[y, x] * (np.float32(1.0) / v)):
-                snr[y, x] = np.float32(row[x]) / np.sqrt(np.float32((np.float32(1.0) / v) * den_scale))
+            inv = one / v
+            ok = (v > 0) & (not bad[y, x]) & np.isfinite(image[y, x] * inv)
+            s = acc[x] / np.sqrt(inv * ds)
+            snr[y, x] = s if ok else np.float32(0.0)
     return snr
 
 
