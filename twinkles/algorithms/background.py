@@ -47,7 +47,7 @@ def _sep_background(image: np.ndarray, mask: np.ndarray | None, mesh_px: int, fi
         bad = ~finite if bad is None else bad | ~finite
         data = np.where(finite, data, np.float32(0.0))
     if bad is not None and bad.all():
-        raise ValueError("estimate_background: every pixel is masked or non-finite; nothing to estimate from")
+        raise ValueError("background: every pixel is masked or non-finite; nothing to estimate from")
     ny, nx = data.shape
     mesh = int(max(8, min(mesh_px, ny, nx)))
     return sep.Background(data, mask=bad, bw=mesh, bh=mesh, fw=filter_size, fh=filter_size, fthresh=fthresh)
