@@ -148,7 +148,9 @@ def main() -> int:
                                                                   key=lambda a: -a["start"])}.values())
             firsts = ", ".join(f"{t - inv['start']:.2f}" for t in starts)
             print(f"demo: processed {summary['images']} images in {summary['cpu_hours']:.3g} CPU hours at "
-                  f"{100 * eff:.1f}% efficiency; worker occupancy {100 * summary['occupancy']:.1f}%; "
+                  f"{100 * eff:.1f}% efficiency ({100 * summary['cpu_efficiency_without_contention']:.1f}% without the "
+                  f"{summary['cpu_wait_seconds']:.2f} s jobs waited for a CPU held by other processes); worker "
+                  f"occupancy {100 * summary['occupancy']:.1f}%; "
                   f"invocation start -> first job on each worker {firsts} s; report {index}")
     return 0
 
