@@ -5,7 +5,12 @@ Every stage module defines:
 * ``Config``: a dataclass (nested dataclasses allowed) whose fields carry their unit in a comment;
 * ``QUANTUM``: the dimensions of the data ID one job runs on, e.g. ``("visit", "detector")``;
 * ``INPUTS`` / ``OUTPUTS``: the dataset types it reads and writes;
-* ``run(...)``: the pure algorithmic step on in-memory objects, returning a small result object;
+* ``run(...)``: the pure algorithmic step on in-memory objects, returning a small result object. ``run`` is a
+  short sequence of named steps, one function per DM sub-task (``process_eimage``: ``prepare_frame``,
+  ``subtract_background``, ``repair_cosmic_rays``, ``detect``, ``characterize_psf``, ``measure``,
+  ``correct_apertures``, ``calibrate_astrometry``, ``calibrate_photometry``, ``source_table``), each timed with
+  ``with timer("step"):`` (:class:`~twinkles.stages.timing.StepTimer`); the numerical work lives in
+  :mod:`twinkles.algorithms` and :mod:`twinkles.measure`;
 * ``run_quantum(butler, data_id, config) -> dict``: reads inputs through a
   :class:`~twinkles.repo.QuantumButler`, calls ``run``, writes outputs with ``butler.put``, returns metadata.
 
