@@ -377,6 +377,8 @@ def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, o
     lc.sort(["id", "visit"])
     repo.put(lc, "truth_lightcurves", {}, run=TRUTH_RUN)
     vt = Table(rows=[[r[c] for c in _VISIT_COLUMNS] for r in visit_rows], names=_VISIT_COLUMNS)
+    for name, unit in _VISIT_UNITS.items():  # as in Rubin's DP1 schema where it has the column
+        vt[name].unit = unit
     repo.put(vt, "visit_table", {}, run=TRUTH_RUN)
     return repo
 
@@ -386,3 +388,5 @@ _VISIT_COLUMNS = ("visit", "band", "midpointMjdTai", "expTime", "airmass", "seei
                   "boresightRa", "boresightDec", "rotSkyPos", "trueCrval1", "trueCrval2", "trueRotation",
                   "wcsOffsetRa", "wcsOffsetDec", "wcsRotOffset", "skyGradX", "skyGradY", *PSF_COLUMNS,
                   "nCosmicRays", "nSaturatedPixels")
+_VISIT_UNITS = {"midpointMjdTai": "d", "expTime": "s", "seeing": "arcsec", "seeingReported": "arcsec",
+                "boresightRa": "deg", "boresightDec": "deg", "rotSkyPos": "deg"}

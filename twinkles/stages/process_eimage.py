@@ -539,7 +539,9 @@ def source_table(frame: Frame, src: Table, det: DetectionResult, psf: PsfCharact
         out[c].unit = "pix"
     for c in ("ixx", "iyy", "ixy", "ixxPSF", "iyyPSF", "ixyPSF"):
         out[c].unit = "pix2"
-    out["sky"].unit = "electron/pix"  # the subtracted background at the source (calexp_background)
+    # the subtracted background at the source (calexp_background), calibrated as DP1's sky: nJy (per pixel)
+    out["sky"] = np.asarray(out["sky"], float) * photocal.photo_calib.njy_per_electron
+    out["sky"].unit = "nJy"
     out.meta.update({"visit": visit, "detector": detector, "band": band, "zero_point": photocal.zero_point,
                      "njy_per_electron": photocal.photo_calib.njy_per_electron,
                      "aperture_correction": apcorr.factor})
