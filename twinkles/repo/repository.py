@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from .dataid import DIMENSIONS, DataIdError, data_id_key, format_data_id, validate_data_id
-from .datasets import DatasetType, get_dataset_type
+from .datasets import DATASET_TYPES, IMAGE_STORAGE, DatasetType, get_dataset_type
+from ..compression import COMPRESSION_MODES, Compression, dither_seed_for
 from .storage import TMP_MARKER, read_dataset_file, write_dataset_file
 
 __all__ = ["Repository", "DatasetRef", "RepositoryError", "DatasetNotFoundError", "RAW_RUN", "TRUTH_RUN",
@@ -117,6 +118,7 @@ class Repository:
             raise RepositoryError(f"{root}: not a twinkles repository (no {REGISTRY_NAME}); create one with "
                                   f"`twinkles simulate {root} --preset tiny` or `twinkles ingest {root} FILES`")
         self._config = None
+        self._compression = None
 
     # ------------------------------------------------------------------ creation and configuration
     @classmethod
@@ -153,6 +155,46 @@ class Repository:
         from .storage import atomic_write_bytes
         atomic_write_bytes(self.root / CONFIG_NAME, yaml.safe_dump(config, sort_keys=False).encode())
         self._config = dict(config)
+        self._compression = None
+
+    def compression_modes(self) -> tuple[str, dict[str, str]]:
+        """(default mode, {dataset type: mode}) of image compression, from ``storage.compression`` in
+        twinkles.yaml: a mode (``lossy``, the default, ``lossless`` or ``none``), or a mapping with ``default``
+        and per-dataset-type modes, e.g. ``{default: lossy, eimage: lossless}``."""
+        if self._compression is None:
+            storage = self.config.get("storage") or {}
+            where = f"{self.root / CONFIG_NAME}: storage.compression"
+            if not isinstance(storage, dict):
+                raise RepositoryError(f"{self.root / CONFIG_NAME}: storage must be a mapping (e.g. "
+                                      "storage: {compression: lossy})")
+            spec = storage.get("compression", "lossy")
+            overrides = {}
+            if isinstance(spec, dict):
+                overrides = {str(k): v for k, v in spec.items() if k != "default"}
+                default = spec.get("default", "lossy")
+            else:
+                default = spec
+            for name, mode in [("default", default)] + list(overrides.items()):
+                if mode not in COMPRESSION_MODES:
+                    raise RepositoryError(f"{where}: {name}: {mode!r} is not a compression mode; use one of "
+                                          f"{', '.join(COMPRESSION_MODES)}")
+            for name in overrides:
+                dt = DATASET_TYPES.get(name)
+                if dt is None or dt.storage not in IMAGE_STORAGE:
+                    images = sorted(n for n, t in DATASET_TYPES.items() if t.storage in IMAGE_STORAGE)
+                    raise RepositoryError(f"{where}: {name!r} is not an image dataset type; the image dataset "
+                                          f"types are {', '.join(images)}")
+            self._compression = (default, overrides)
+        return self._compression
+
+    def compression_for(self, dataset_type: str | DatasetType, data_id: dict) -> Compression | None:
+        """How a dataset's image planes are written (None: not an image dataset): the configured mode, with a
+        dither seed fixed by the dataset type and data ID (a re-run writes identical files)."""
+        dt = get_dataset_type(dataset_type) if isinstance(dataset_type, str) else dataset_type
+        if dt.storage not in IMAGE_STORAGE:
+            return None
+        default, overrides = self.compression_modes()
+        return Compression(overrides.get(dt.name, default), dither_seed_for(f"{dt.name} {data_id_key(data_id)}"))
 
     # ------------------------------------------------------------------ registry connection
     @contextlib.contextmanager
@@ -231,7 +273,7 @@ class Repository:
         dt = get_dataset_type(dataset_type)
         did = validate_data_id(data_id, dt.dimensions)
         rel = self.relative_path(dt, did, run)
-        write_dataset_file(obj, dt.storage, self.root / rel, self.durable_writes)
+        write_dataset_file(obj, dt.storage, self.root / rel, self.durable_writes, self.compression_for(dt, did))
         return DatasetRef(dt.name, did, run, rel)
 
     def register(self, refs: list[DatasetRef] | DatasetRef) -> None:
