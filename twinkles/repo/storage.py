@@ -158,7 +158,7 @@ def background_to_hdulist(model) -> fits.HDUList:
     hdu.header["BKGMESH"] = (model.mesh_px, "mesh size, pixels")
     hdu.header["BKGNAX1"] = (model.shape[1], "width of the modelled image, pixels")
     hdu.header["BKGNAX2"] = (model.shape[0], "height of the modelled image, pixels")
-    hdu.header["BKGINTRP"] = (BACKGROUND_INTERPOLATION, "sep/SExtractor bicubic spline through mesh nodes")
+    hdu.header["BKGINTRP"] = (BACKGROUND_INTERPOLATION, "sep (SExtractor) spline")
     hdu.header["BUNIT"] = "electron"
     return fits.HDUList([fits.PrimaryHDU(), hdu])
 
