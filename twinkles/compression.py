@@ -17,7 +17,9 @@ fitsio (cfitsio) and ds9 read as they are. Three modes (``storage.compression`` 
   count such as ``deepCoadd_nImage``), is stored losslessly.
   The dither seed (1..10000, the convention's ``ZDITHER0``) comes from the dataset type and data ID, so
   re-running a job writes identical files.
-* ``lossless``: masks RICE, float planes GZIP_2 (byte-shuffled gzip, exact).
+* ``lossless``: masks RICE, float planes GZIP_2 (byte-shuffled gzip, exact). The pixels of a re-written file
+  are identical, its bytes not quite: astropy compresses GZIP tiles with Python's ``gzip``, which stamps each
+  tile with the time (``lossy`` and ``none`` files are byte-identical).
 * ``none``: plain uncompressed image extensions.
 
 Tiles are 16 rows of the full width (larger tiles than fpack's single rows: the same size on disk, ~35% less CPU

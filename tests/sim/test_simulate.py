@@ -64,7 +64,8 @@ def test_repository_contents(tiny_repo):
         assert col in vt.colnames
     assert np.all((vt["fiveSigmaDepth"] > 22.5) & (vt["fiveSigmaDepth"] < 25.5))
     assert np.all(vt["nCosmicRays"] > 0) and np.all(vt["nSaturatedPixels"] > 0)
-    assert exp.image.max() == cfg["saturation_e"]
+    # saturated pixels sit at the saturation level (to within the lossy storage's half step)
+    assert abs(exp.image.max() - cfg["saturation_e"]) <= step_image / 2 * 1.001 + 0.01
 
 
 def test_tiny_field_holds_every_kind_of_object(tiny_repo):
@@ -108,7 +109,7 @@ def _isolated_stars(repo, state, i, row, exp, min_snr=50.0, radius=8.0, max_cont
     t = sky.truth
     grid = psf_grid(row, cfg)
     njy = electrons_to_njy_factor(row["zeroPoint"])
-    sat = ndimage.binary_dilation(exp.image >= cfg["saturation_e"], iterations=40)
+    sat = ndimage.binary_dilation(exp.image >= 0.999 * cfg["saturation_e"], iterations=40)  # (stored quantized)
     out = []
     cand = np.flatnonzero((np.asarray(t["type"]) == "star") & (x > 20) & (x < 491) & (y > 20) & (y < 491))
     for k in cand:
