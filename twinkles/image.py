@@ -257,8 +257,9 @@ class Exposure:
     def to_hdulist(self, compression: Compression | None = None) -> fits.HDUList:
         """The Exposure as FITS HDUs: an empty primary (visit info, calibration, metadata), IMAGE (with the WCS),
         MASK, VARIANCE and the PSF's HDUs. ``compression`` (:class:`~twinkles.compression.Compression`; None:
-        uncompressed) makes the three planes tile-compressed extensions (lossless masks, quantized floats); the
-        PSF HDUs are left as they are."""
+        uncompressed) ``lossy`` makes the three planes tile-compressed extensions (lossless masks, quantized
+        floats); the PSF HDUs are left as they are. (``lossless`` files are written by the repository through
+        fitsio from the uncompressed HDUs.)"""
         compression = compression or NO_COMPRESSION
         primary = fits.PrimaryHDU()
         hdr = primary.header

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from astropy.io import fits
 from astropy.table import Table
 
-from ..compression import NO_COMPRESSION, Compression, image_hdu
+from ..compression import NO_COMPRESSION, TILE_ROWS, Compression, image_hdu, is_integer_valued
 from ..image import Exposure
 
 __all__ = ["atomic_write_bytes", "write_dataset_file", "read_dataset_file", "table_to_arrow", "arrow_to_table",
@@ -183,6 +183,32 @@ def _write_fits(hdul: fits.HDUList, path: Path) -> None:
     hdul.writeto(path, checksum=False)
 
 
+#: lossless compression of each plane, by extension name (floats: byte-shuffled gzip; integers: RICE)
+LOSSLESS_PLANES = {"IMAGE": "GZIP_2", "MASK": "RICE", "VARIANCE": "GZIP_2"}
+
+
+def _write_fits_lossless(hdul: fits.HDUList, path: Path) -> None:
+    """Write an HDUList of uncompressed HDUs through fitsio (cfitsio), compressing the planes named in
+    :data:`LOSSLESS_PLANES` losslessly: cfitsio's gzip is ~5x faster than astropy's (Python's gzip at level 9:
+    ~9 CPU-s per 4k float plane) and, unlike it, writes no time into the tiles, so a re-run writes the same
+    bytes. No CHECKSUM cards (cfitsio's carry the time); the registry's recorded size still catches truncation."""
+    import fitsio
+    with fitsio.FITS(str(path), "rw", clobber=True) as out:
+        for i, hdu in enumerate(hdul):
+            header = fitsio.FITSHDR([str(card) for card in hdu.header.cards])
+            name = hdu.name if i > 0 else None
+            if isinstance(hdu, fits.BinTableHDU):
+                out.write(np.asarray(hdu.data), header=header, extname=name)
+                continue
+            data = None if hdu.data is None else np.asarray(hdu.data)
+            kind = LOSSLESS_PLANES.get(hdu.name) if data is not None and data.ndim == 2 and i > 0 else None
+            if kind is None:
+                out.write(data, header=header, extname=name)
+            else:
+                out.write(data, header=header, extname=name, compress=kind, qlevel=0,
+                          tile_dims=(min(TILE_ROWS, data.shape[0]), data.shape[1]))
+
+
 def write_dataset_file(obj, storage: str, path: Path, durable: bool = True,
                        compression: Compression | None = None) -> None:
     """Write ``obj`` of the given storage class atomically to ``path`` (``durable``: see :func:`atomic_write`).
@@ -193,16 +219,23 @@ def write_dataset_file(obj, storage: str, path: Path, durable: bool = True,
     if storage == "Exposure":
         if not isinstance(obj, Exposure):
             raise TypeError(f"{path.name}: expected an Exposure, got {type(obj).__name__}")
-        atomic_write(path, lambda tmp: _write_fits(obj.to_hdulist(compression), tmp), durable)
+        if compression.mode == "lossless":
+            atomic_write(path, lambda tmp: _write_fits_lossless(obj.to_hdulist(), tmp), durable)
+        else:
+            atomic_write(path, lambda tmp: _write_fits(obj.to_hdulist(compression), tmp), durable)
     elif storage == "ImageF":
         arr = np.asarray(obj, dtype=np.float32)
         if arr.ndim != 2:
             raise TypeError(f"{path.name}: expected a 2-d image, got shape {arr.shape}")
-
-        def _image_hdul():
-            hdu = image_hdu(arr, "IMAGE", None, compression, primary=True)
-            return fits.HDUList([hdu] if isinstance(hdu, fits.PrimaryHDU) else [fits.PrimaryHDU(), hdu])
-        atomic_write(path, lambda tmp: _write_fits(_image_hdul(), tmp), durable)
+        if compression.mode == "lossless" or (compression.mode == "lossy" and is_integer_valued(arr)):
+            # (counts such as deepCoadd_nImage: quantizing them would only add errors)
+            hdul = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(arr, name="IMAGE")])
+            atomic_write(path, lambda tmp: _write_fits_lossless(hdul, tmp), durable)
+        else:
+            def _image_hdul():
+                hdu = image_hdu(arr, "IMAGE", None, compression, primary=True)
+                return fits.HDUList([hdu] if isinstance(hdu, fits.PrimaryHDU) else [fits.PrimaryHDU(), hdu])
+            atomic_write(path, lambda tmp: _write_fits(_image_hdul(), tmp), durable)
     elif storage == "Background":
         from ..algorithms.background import BackgroundModel  # (sep is imported only where it is needed)
         if not isinstance(obj, BackgroundModel):
