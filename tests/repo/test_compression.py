@@ -2,6 +2,7 @@
 astropy, reproducible files, configuration, and a kill -9 during a compressed write."""
 
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,3 +237,20 @@ def test_kill_during_compressed_write_leaves_no_final_file(repo):
     assert status["missing_files"] == 0 and status["temporary_files"] == 1
     repo.check(fix=True)
     assert repo.check()["temporary_files"] == 0
+
+
+@pytest.mark.parametrize("mode", ["lossy", "lossless"])
+def test_cfitsio_funpack_decompresses_the_file(repo, tmp_path, mode):
+    """Debian's cfitsio tools (funpack: the fpack convention that ds9 also reads) get the same pixels."""
+    funpack = shutil.which("funpack")
+    if funpack is None:
+        pytest.skip("funpack is absent: apt-get install libcfitsio-bin to run this test")
+    repo.write_config(dict(repo.config, storage={"compression": mode}))
+    repo.put(_sky_exposure(), "calexp", DID, run="runs/t")
+    back = repo.get("calexp", DID)
+    out = tmp_path / "unpacked.fits"
+    subprocess.run([funpack, "-O", str(out), str(_path(repo))], check=True, capture_output=True)
+    with fits.open(out) as h:
+        assert not isinstance(h["IMAGE"], fits.CompImageHDU)
+        assert np.array_equal(h["IMAGE"].data, back.image, equal_nan=True)
+        assert np.array_equal(h["MASK"].data, back.mask) and np.array_equal(h["VARIANCE"].data, back.variance)
