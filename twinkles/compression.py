@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
-__all__ = ["Compression", "COMPRESSION_MODES", "is_integer_valued", "dither_seed_for", "image_hdu", "noise_floor_variance",
+__all__ = ["Compression", "COMPRESSION_MODES", "is_integer_valued", "dither_seed_for", "image_hdu",
+           "noise_floor_variance",
            "plane_noise", "NO_COMPRESSION"]
 
 COMPRESSION_MODES = ("lossy", "lossless", "none")

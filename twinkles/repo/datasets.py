@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DatasetType", "DATASET_TYPES", "STORAGE_CLASSES", "IMAGE_STORAGE", "get_dataset_type", "UnknownDatasetTypeError", "register_dataset_type"]
+__all__ = ["DatasetType", "DATASET_TYPES", "STORAGE_CLASSES", "IMAGE_STORAGE", "get_dataset_type",
+           "UnknownDatasetTypeError", "register_dataset_type"]
 
 
 class UnknownDatasetTypeError(KeyError):
@@ -30,8 +31,8 @@ class DatasetType:
 
     @property
     def extension(self) -> str:
-        return {"Exposure": ".fits", "ImageF": ".fits", "Background": ".fits", "Catalog": ".parquet", "StructuredData": ".json"}[
-            self.storage]
+        return {"Exposure": ".fits", "ImageF": ".fits", "Background": ".fits", "Catalog": ".parquet",
+                "StructuredData": ".json"}[self.storage]
 
 
 _VD = ("visit", "detector")

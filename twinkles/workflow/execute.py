@@ -42,7 +42,8 @@ from .job import execute_batch, log_relpath
 from .pipeline import resolve_pipeline
 from .records import JobStore
 
-__all__ = ["run_pipeline", "RunSummary", "IntermediateRemover", "resolve_no_keep", "build_parsl_config", "EXECUTORS", "WorkflowError", "available_cores",
+__all__ = ["run_pipeline", "RunSummary", "IntermediateRemover", "resolve_no_keep", "build_parsl_config", "EXECUTORS",
+           "WorkflowError", "available_cores",
            "NERSC_CONFIG"]
 
 EXECUTORS = ("local", "threads", "slurm")
@@ -541,19 +542,20 @@ class IntermediateRemover:
     def sweep(self, jobs) -> None:
         remove, owners = [], []
         for job in jobs:
-            if job.status != "done" or job.outputs_removed:
+            if job.status != "done":
                 continue
-            types = [t for t in self.types if job.stage in self.makers[t] and self._all_read(job, t)]
+            types = [t for t in self.types if job.stage in self.makers[t] and t not in job.outputs_removed
+                     and self._all_read(job, t)]
             if not types:
                 continue
             refs = [r for r in self.store.outputs_of(job.stage, job.key) if r.dataset_type in types]
             if refs:
                 remove.extend(refs)
-                owners.append(job)
+                owners.append((job, {r.dataset_type for r in refs}))
         if remove:
             self.repo.remove_datasets(remove, reason="intermediate (--no-keep): every job reading it is done")
-            for job in owners:
-                job.outputs_removed = True
+            for job, types in owners:
+                job.outputs_removed = tuple(sorted(set(job.outputs_removed) | types))
 
     def _all_read(self, job, dataset_type) -> bool:
         stages = self.readers[dataset_type]

@@ -50,9 +50,9 @@ class Job:
     downstream: list = field(default_factory=list)
     waiting: int = 0  # upstream jobs not yet finished
     resumed: bool = False  # done in an earlier invocation
-    #: done earlier, and some of its outputs were since removed as intermediates (``--no-keep``): done again if a
-    #: job that is still to run reads it
-    outputs_removed: bool = False
+    #: done earlier, and its outputs of these dataset types were since removed as intermediates (``--no-keep``):
+    #: done again if a job that is still to run reads one of them
+    outputs_removed: tuple = ()
     #: jobs linked to this one as readers of its outputs (kept after they finish, unlike ``downstream``)
     readers: list = field(default_factory=list)
 
@@ -91,7 +91,8 @@ class JobGraph:
     ``discover(spec) -> list[dict]`` returns a stage's quanta when they cannot be projected from upstream jobs
     (called once per stage, when its producers have finished). ``previous(stage, key) -> (status, attempt[,
     outputs_removed]) | None`` tells which jobs an earlier invocation finished (``"done"`` with registered
-    outputs, or outputs removed as intermediates once read) so a resumed run does only what is missing. ``query`` restricts every stage's quanta (``{"visit": range(...)}``).
+    outputs, or outputs of the dataset types ``outputs_removed`` removed as intermediates once read) so a resumed
+    run does only what is missing. ``query`` restricts every stage's quanta (``{"visit": range(...)}``).
     """
 
     def __init__(self, pipeline: Pipeline, discover, previous=None, query: dict | None = None):
@@ -195,7 +196,7 @@ class JobGraph:
                 if status == "done":
                     job.status = "done"
                     job.resumed = True
-                    job.outputs_removed = bool(removed and removed[0])
+                    job.outputs_removed = tuple(removed[0]) if removed and removed[0] else ()
                     self.n_settled += 1
             st.jobs[job.key] = job
             st.open += job.status not in TERMINAL
@@ -242,9 +243,10 @@ class JobGraph:
         self.new_jobs.append(job)  # recorded as pending again
 
     def _revive_upstream(self, job: Job) -> None:
+        reads = set(self.stages[job.stage].spec.inputs)
         for ups in job.upstream.values():
             for up in ups:
-                if up.status == "done" and up.outputs_removed:
+                if up.status == "done" and reads & set(up.outputs_removed):
                     self._revive(up)
                     up.downstream.append(job)
                     job.waiting += 1
@@ -254,7 +256,7 @@ class JobGraph:
         on its own upstream jobs (revived in turn if their outputs are gone too)."""
         job.status = "pending"
         job.resumed = False
-        job.outputs_removed = False
+        job.outputs_removed = ()
         self.n_settled -= 1
         self.stages[job.stage].open += 1
         self.new_jobs.append(job)

@@ -147,10 +147,11 @@ class JobStore:
                          (time.time(), status, message, self.invocation))
 
     # -------------------------------------------------------------------------- reading previous state
-    def previous_states(self) -> dict[tuple[str, str], tuple[str, int, bool]]:
+    def previous_states(self) -> dict[tuple[str, str], tuple[str, int, tuple]]:
         """{(stage, data ID key): (status, attempt, outputs_removed)}; "done" only if every recorded output is
         still registered at the same path with its file present, or was removed as an intermediate once read
-        (``twinkles run --no-keep``; then ``outputs_removed``) -- else the job is done again."""
+        (``twinkles run --no-keep``; ``outputs_removed``: the dataset types removed) -- else the job is done
+        again."""
         registered = registered_paths(self.repo, self.run)
         removed = self.repo.removed_keys(self.run)
         out = {}
@@ -158,16 +159,16 @@ class JobStore:
             rows = conn.execute("SELECT stage, data_id, status, attempt, outputs FROM jobs WHERE run=?",
                                 (self.run,)).fetchall()
         for r in rows:
-            status, gone = r["status"], False
+            status, gone = r["status"], set()
             if status == "done":
                 for ref in json.loads(r["outputs"] or "[]"):
                     key = (ref["dataset_type"], data_id_key(ref["data_id"]))
                     if removed.get(key) == ref["path"]:
-                        gone = True
+                        gone.add(ref["dataset_type"])
                     elif registered.get(key) != ref["path"] or not (self.repo.root / ref["path"]).exists():
                         status = "pending"
                         break
-            out[(r["stage"], r["data_id"])] = (status, r["attempt"], gone and status == "done")
+            out[(r["stage"], r["data_id"])] = (status, r["attempt"], tuple(sorted(gone)) if status == "done" else ())
         return out
 
     def outputs_of(self, stage: str, key: str) -> list[DatasetRef]:
