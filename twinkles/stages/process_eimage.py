@@ -30,7 +30,8 @@ import numpy as np
 from astropy.table import Table
 
 from ..algorithms.astrometry import AstrometryError, AstrometryResult, fit_astrometry
-from ..algorithms.background import (BackgroundResult, NoUsablePixelsError, estimate_background, grow_mask,
+from ..algorithms.background import (BackgroundResult, NoUsablePixelsError, estimate_background,
+                                     fit_background_model, grow_mask,
                                      move_residual_background)
 from ..algorithms.cosmic_rays import find_cosmic_rays
 from ..algorithms.detection import DetectionResult, binned_footprints, detect_sources, saturation_mask
@@ -628,7 +629,11 @@ def run_quantum(butler, data_id: dict, config: Config) -> dict:
     result = run(exposure, ref_cat, config, data_id, reuse_planes=True)
     did = {"visit": data_id["visit"], "detector": data_id.get("detector", 0)}
     butler.put(result.calexp, "calexp", did)
-    butler.put(result.background, "calexp_background", did)
+    # the background as a model (its mesh and sep's interpolation), checked against the subtracted image
+    sky_rms = result.metadata.get("sky_rms_e")
+    tolerance = 1e-3 * sky_rms if sky_rms and math.isfinite(sky_rms) and sky_rms > 0 else None
+    butler.put(fit_background_model(result.background, config.background.mesh_px, tolerance), "calexp_background",
+               did)
     butler.put(result.src, "src", did)
     butler.put(result.metadata, "process_eimage_metadata", did)
     # the timings go to the job's record, not into the dataset: a re-run must write identical files

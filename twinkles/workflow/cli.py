@@ -27,7 +27,8 @@ def cmd_run(args) -> int:
     try:
         s = run_pipeline(args.repo, pipeline=args.pipeline, executor=args.executor, workers=args.workers,
                          retries=args.retries, run=args.run, query=query, overrides=overrides,
-                         progress=None if not args.no_progress else False, batch=args.batch)
+                         progress=None if not args.no_progress else False, batch=args.batch,
+                         no_keep=args.no_keep)
     except WorkflowError as exc:
         raise UserError(str(exc)) from None
     for note in s.notes:
@@ -101,6 +102,9 @@ def register(subparsers) -> None:
     s.add_argument("--batch", type=int, default=None,
                    help="quanta per Parsl task (default: adaptive, ~1 s of work per task)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-keep", action="append", default=None, metavar="STAGE|DATASET_TYPE",
+                   help="intermediate outputs (of a stage, or one dataset type) to remove once every job reading "
+                        "them is done, e.g. --no-keep warp (default: storage.no_keep in twinkles.yaml)")
     s.set_defaults(func=cmd_run)
 
     s = subparsers.add_parser("status", help="progress per stage and failures of the latest run")
