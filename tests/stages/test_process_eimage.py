@@ -1,7 +1,9 @@
 """End-to-end tests of process_eimage on a simulated tiny field, against the simulator's truth.
 
 One tiny field (512 x 512, 6 visits in r and i, seed 1) is simulated and processed once per session with
-``twinkles stage process_eimage``; the tests compare the outputs with the truth with tolerances from the noise.
+``twinkles stage process_eimage``; these tests check the outputs, the failure paths and the options. The
+science figures (astrometry, photometry, calibration, completeness) against the truth, with tolerances from the
+noise and on several seeds, are in ``test_process_eimage_science.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from twinkles.repo import QuantumButler, Repository
 from twinkles.stages import ProcessingError, apply_config_overrides, load_stage
 from twinkles.stages.process_eimage import OUTPUTS, Config, run, run_quantum
 from twinkles.validate.match import match_sky
-from twinkles.validate.single_frame import isolated, repeatability, validate_visit
+from twinkles.validate.metrics import astrometric_offsets
+from twinkles.validate.single_frame import repeatability, validate_visit
+from twinkles.validate.stats import assert_within
 
 RUN = "runs/l2"
 
@@ -77,58 +81,6 @@ def test_outputs_written_for_every_visit(tiny_repo, truth):
     assert src["psfFlux"].unit == "nJy"
 
 
-def test_astrometry_against_truth(validations):
-    """Bright (S/N > 50) isolated stars: median offset < 5 mas and RMS < 10 mas per visit (SRD AM1: 10 mas)."""
-    for row, _, meta, v in validations:
-        a = v["astrometry"]
-        assert a["n"] >= 10, f"visit {row['visit']}: only {a['n']} bright isolated stars"
-        assert a["median_offset_mas"] < 5.0, (row["visit"], a)
-        assert a["rms_offset_mas"] < 10.0, (row["visit"], a)
-        assert meta["astrom_rms_mas"] < 50.0  # fit residual against the reference catalog (its own errors ~5 mas)
-
-
-def test_astrometry_pulls_are_consistent_with_centroid_errors(tiny_repo, truth):
-    tcat, visits = truth
-    pulls = []
-    for row in visits:
-        src = tiny_repo.get("src", {"visit": int(row["visit"]), "detector": 0}, runs=[RUN])
-        i_s, i_t, _ = match_sky(src["ra"], src["dec"], tcat["ra"], tcat["dec"], 0.5)
-        ok = (np.asarray(tcat["type"])[i_t] == "star") & isolated(tcat, row["band"])[i_t]
-        ok &= ~np.asarray(src["blended"])[i_s] & ~np.asarray(src["pixelFlags_saturated"])[i_s]
-        ok &= np.asarray(src["psfFlux"] / src["psfFluxErr"])[i_s] > 20
-        dec = np.asarray(tcat["dec"])[i_t[ok]]
-        dx = (np.asarray(src["ra"])[i_s[ok]] - np.asarray(tcat["ra"])[i_t[ok]]) * np.cos(np.radians(dec)) * 3.6e6
-        err = np.asarray(src["xErr"])[i_s[ok]] * 200.0  # mas; 0.2"/pixel
-        meta = tiny_repo.get("process_eimage_metadata", {"visit": int(row["visit"]), "detector": 0}, runs=[RUN])
-        # the WCS fit's own error per axis: the per-axis scatter of its residuals / sqrt(number of matches)
-        wcs_err = meta["astrom_rms_mas"] / math.sqrt(2.0 * meta["astrom_n_matches"])
-        pulls.append(dx / np.hypot(err, wcs_err))
-    p = np.concatenate(pulls)
-    sd = 1.4826 * np.median(np.abs(p - np.median(p)))
-    assert 0.7 < sd < 1.5, sd
-
-
-def test_photometry_against_truth(validations):
-    """PSF-flux pulls ((psfFlux - true) / psfFluxErr) of isolated stars (S/N 20-300) vs truth, pooled over the
-    visits, have sd within 0.9-1.2 (give or take twice the standard error of the sd); zero point within 5 mmag."""
-    pulls = np.concatenate([v["photometry"]["pull"] for *_, v in validations])
-    pulls = pulls[np.isfinite(pulls)]
-    assert len(pulls) > 40
-    pulls = pulls[np.abs(pulls) < 5]  # blends and variables the isolation cut missed
-    sd = float(np.std(pulls))
-    se = sd / math.sqrt(2 * (len(pulls) - 1))  # standard error of a standard deviation
-    assert 0.9 - 2 * se < sd < 1.2 + 2 * se, (sd, se, len(pulls))
-    # the median is shifted by the zero point's error (the reference fluxes' 1% errors, the same stars in every
-    # visit): with that error in each star's error the pulls are centred
-    calib = np.concatenate([v["photometry"]["pull_with_calib"] for *_, v in validations])
-    assert abs(np.median(calib[np.isfinite(calib)])) < 0.5
-    zp = np.array([v["zero_point_offset_mmag"] for *_, v in validations])
-    errs = np.array([m["zero_point_err"] * 1000 for _, _, m, _ in validations])
-    assert abs(np.median(zp)) < 5.0, zp
-    # each visit within 5 mmag or 3 sigma of its own error (reference fluxes carry 1% errors each)
-    assert np.all(np.abs(zp) < np.maximum(5.0, 3.0 * errs) + 1.0), (zp, errs)
-
-
 def test_repeatability_pa1(tiny_repo, truth):
     tcat, visits = truth
     for band in np.unique(visits["band"]):
@@ -165,17 +117,6 @@ def test_psf_model_against_true_psf(tiny_repo, truth):
         assert meta["n_psf_stars"] >= 10
 
 
-def test_detection_completeness_and_purity(validations):
-    comp = [v["completeness_snr10"] for *_, v in validations]
-    spur = [v["spurious_fraction"] for *_, v in validations]
-    n = sum(v["n_point_sources_snr10"] for *_, v in validations)
-    det = sum(v["completeness_snr10"] * v["n_point_sources_snr10"] for *_, v in validations)
-    assert n > 100
-    assert det / n > 0.95, comp
-    # spurious detections (no truth object within 1" or inside a galaxy's half-light radius)
-    assert np.mean(spur) < 0.02, spur
-
-
 def test_metadata_contents(validations):
     for row, src, meta, _ in validations:
         for key in ("seeing_arcsec", "zero_point", "sky_level_e", "n_psf_stars", "astrom_rms_mas", "n_sources"):
@@ -196,9 +137,18 @@ def test_header_wcs_off_by_5_arcsec_and_rotated(tiny_repo, truth):
     w.wcs.set()
     exp.wcs = w
     res = run(exp, tiny_repo.get("ref_cat"), Config(), did)
-    v = validate_visit(res.src, tcat, visits[0], res.metadata)
-    assert v["astrometry"]["median_offset_mas"] < 5.0
-    assert v["astrometry"]["rms_offset_mas"] < 10.0
+    # the same pixels, another starting WCS: the fit must land on the same solution, so the positions of the
+    # same sources agree with the run from the simulated header far within the fit's own error per axis
+    base = tiny_repo.get("src", did, runs=[RUN])
+    meta = tiny_repo.get("process_eimage_metadata", did, runs=[RUN])
+    wcs_err = meta["astrom_rms_mas"] / math.sqrt(2.0 * meta["astrom_n_matches"])
+    i_a, i_b, _ = match_sky(res.src["ra"], res.src["dec"], base["ra"], base["dec"], 0.5)
+    assert len(i_a) > 0.95 * len(base)
+    dra, ddec = astrometric_offsets(res.src["ra"][i_a], res.src["dec"][i_a], base["ra"][i_b], base["dec"][i_b])
+    bright = np.asarray(base["snr"])[i_b] > 20
+    for name, d in (("RA", dra[bright]), ("Dec", ddec[bright])):
+        assert_within(float(np.mean(d)), 0.0, wcs_err, 1.0, f"mean {name} shift (mas) from the perturbed header")
+        assert float(np.sqrt(np.mean(d ** 2))) < 2.0 * wcs_err, (name, d)
 
 
 def _expect_failure(exposure, ref_cat, words):
