@@ -115,15 +115,18 @@ def process_eimage_section(repo: Repository, run: str, outdir: Path, max_visits:
 SECTION_BUILDERS: list[Callable] = [process_eimage_section]
 
 
-def validation_sections(repo, run: str, outdir) -> list[dict]:
+def validation_sections(repo, run: str, outdir, raise_errors: bool = False) -> list[dict]:
     """Science validation of every stage with outputs in ``run``; a builder that fails gives a section saying
-    why instead of breaking the report."""
+    why instead of breaking the report, or, with ``raise_errors`` (a recipe's or a script's comparison step,
+    which must fail when the comparison cannot be made), raises its exception."""
     repo = repo if isinstance(repo, Repository) else Repository(repo)
     out = []
     for builder in SECTION_BUILDERS:
         try:
             sec = builder(repo, run, Path(outdir))
         except Exception as exc:  # noqa: BLE001 - the report must still be written
+            if raise_errors:
+                raise
             log.exception("validation section %s failed", builder.__name__)
             sec = {"title": builder.__doc__.splitlines()[0] if builder.__doc__ else builder.__name__,
                    "metrics": {}, "figures": [], "error": f"{type(exc).__name__}: {exc}"}
