@@ -41,20 +41,21 @@ class ScienceField:
 _FIELDS: dict[int, ScienceField] = {}
 
 
-def science_field(seed: int, tmp_path_factory) -> ScienceField:
-    """The processed field of ``seed`` (built on first use, then shared)."""
-    if seed not in _FIELDS:
+def science_field(seed: int, tmp_path_factory, **options) -> ScienceField:
+    """The processed field of ``seed`` (and simulation ``options``; built on first use, then shared)."""
+    key = (seed,) + tuple(sorted(options.items()))
+    if key not in _FIELDS:
         from twinkles.sim.simulate import simulate_field
         root = tmp_path_factory.mktemp(f"science{seed}") / "tiny"
-        simulate_field(root, preset="tiny", seed=seed, **FIELD_OPTIONS)
+        simulate_field(root, preset="tiny", seed=seed, **dict(FIELD_OPTIONS, **options))
         assert cli_main(["stage", "process_eimage", str(root), "--run", RUN]) == 0
         repo = Repository(root)
         visits = repo.get("visit_table", runs=["truth"])
         dids = [{"visit": int(r["visit"]), "detector": 0} for r in visits]
-        _FIELDS[seed] = ScienceField(seed, repo, repo.get("truth_catalog", runs=["truth"]), visits,
+        _FIELDS[key] = ScienceField(seed, repo, repo.get("truth_catalog", runs=["truth"]), visits,
                                      repo.get("ref_cat"), [repo.get("src", d, runs=[RUN]) for d in dids],
                                      [repo.get("process_eimage_metadata", d, runs=[RUN]) for d in dids], {})
-    return _FIELDS[seed]
+    return _FIELDS[key]
 
 
 @pytest.fixture(scope="session",
@@ -69,6 +70,13 @@ def field(request, tmp_path_factory) -> ScienceField:
 def fast_fields(tmp_path_factory) -> list[ScienceField]:
     """The fields of FAST_SEEDS together, for figures pooled over fields."""
     return [science_field(s, tmp_path_factory) for s in FAST_SEEDS]
+
+
+@pytest.fixture(scope="session")
+def uzy_field(tmp_path_factory) -> ScienceField:
+    """A field observed in u, z and y (bands without reference magnitudes of their own: the calibration goes
+    through the stellar-locus colours), 6 visits of 30 s."""
+    return science_field(11, tmp_path_factory, bands="uzy")
 
 
 @pytest.fixture(scope="session")

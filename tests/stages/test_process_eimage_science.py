@@ -148,7 +148,7 @@ def test_flux_errors_match_the_scatter_ten_fields(ten_fields):
 
 def _bright_star_pulls(fields):
     """Relative flux pulls of bright stars (S/N > 200), their errors widened by the per-source floor the
-    zero-point fit assumes (``fit_zero_point(floor_mag=0.003)``: the PSF model's error), clipped at 5."""
+    zero-point fit assumes (``fit_zero_point(floor_mag=0.003)``: the PSF model's error)."""
     floor = 0.003 * math.log(10) / 2.5
     out = []
     for f in fields:
@@ -158,23 +158,23 @@ def _bright_star_pulls(fields):
             k = np.median((m.flux_njy / m.true_flux_njy)[s])
             err = np.hypot(m.flux_err_njy[s], floor * m.flux_njy[s])
             out.append((m.flux_njy[s] - k * m.true_flux_njy[s]) / err)
-    p = np.concatenate(out)
-    return p[np.abs(p) < 5]
+    return np.concatenate(out)
 
 
 def test_bright_star_flux_scatter_three_fields(fast_fields):
-    """Bright stars' fluxes scatter as their errors plus the 3 mmag floor: sd of the pulls expected 1, standard
-    error sd / sqrt(2 (n - 1)); extra scatter per source (a wrong PSF model, flat field, aperture correction
-    varying across the sensor) fails here (3 mmag of it fails the ten-field test)."""
+    """Bright stars' fluxes scatter as their errors plus the 3 mmag floor: robust sigma of the pulls about 0
+    expected 1, standard error 1.166 / sqrt(n) (robust: a few stars with unresolved neighbours sit in the tail);
+    extra scatter per source (a wrong PSF model, flat field, aperture correction varying across the sensor)
+    fails here."""
     p = _bright_star_pulls(fast_fields)
-    sd, err = stats.sd_and_error(p)
+    sd, err = stats.robust_sigma_and_error(p, 0.0)
     stats.assert_within(sd, 1.0, err, NSIGMA, f"sd of {len(p)} bright-star pulls (three fields)")
 
 
 @pytest.mark.slow
 def test_bright_star_flux_scatter_ten_fields(ten_fields):
     p = _bright_star_pulls(ten_fields)
-    sd, err = stats.sd_and_error(p)
+    sd, err = stats.robust_sigma_and_error(p, 0.0)
     stats.assert_within(sd, 1.0, err, NSIGMA, f"sd of {len(p)} bright-star pulls (ten fields)")
 
 
@@ -238,6 +238,22 @@ def test_calibrated_fluxes_against_truth(field):
         mean, err, n = _calibration_bias([field], str(band))
         stats.assert_within(mean, 0.0, err, NSIGMA, f"seed {field.seed} band {band}: calibrated - true (mmag), "
                             f"{n} visits", slack=5.0)
+
+
+def test_u_z_y_visits_calibrated_against_truth(uzy_field):
+    """u, z, y: zero point and calibrated fluxes against the truth (+ the reference error, which here includes
+    the stellar-locus transformation's: 0.03 mag of intrinsic locus width per star and the reference colours'
+    noise), each visit within NSIGMA of its zero-point error; the PSF FWHM within 2% of the true one."""
+    f = uzy_field
+    assert set(f.visits["band"]) == {"u", "z", "y"}
+    d, e = _zero_point_residuals(f)
+    for k in range(len(d)):
+        stats.assert_within(d[k], 0.0, e[k], NSIGMA, f"{f.visits['band'][k]} visit {f.visits['visit'][k]} "
+                            "zero-point offset (mmag)")
+    for (band, off, _), err in zip(_calibrated_offsets(f), e):
+        stats.assert_within(off, 0.0, err, NSIGMA, f"band {band}: calibrated - true (mmag)")
+    for meta, row in zip(f.metas, f.visits):
+        assert abs(meta["seeing_arcsec"] / row["seeing"] - 1) < 0.02, (row["band"], meta["seeing_arcsec"])
 
 
 @pytest.mark.slow
