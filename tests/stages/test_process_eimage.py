@@ -151,9 +151,9 @@ def test_header_wcs_off_by_5_arcsec_and_rotated(tiny_repo, truth):
         assert float(np.sqrt(np.mean(d ** 2))) < 2.0 * wcs_err, (name, d)
 
 
-def _expect_failure(exposure, ref_cat, words):
+def _expect_failure(exposure, ref_cat, words, config=None):
     with pytest.raises(ProcessingError) as info:
-        run(exposure, ref_cat, Config(), {"visit": 840, "detector": 0})
+        run(exposure, ref_cat, config or Config(), {"visit": 840, "detector": 0})
     msg = str(info.value)
     assert "visit 840" in msg
     for w in words:
@@ -180,6 +180,40 @@ def test_bad_input_fails_with_reason(tiny_repo, truth):
     far = ref.copy()
     far["coord_dec"] = far["coord_dec"] + 0.5
     _expect_failure(exp, far, ["astrometry", "reference"])
+
+
+def test_failure_paths_name_the_reason(tiny_repo, monkeypatch):
+    """Each refusal of process_eimage names the visit, what was wrong and the option to change: no visit
+    information, an unknown band, < 5% finite pixels, too few PSF stars, a failed aperture correction, and fits
+    beyond the astrometric and photometric RMS limits (never a calexp with a wrong WCS or zero point)."""
+    import dataclasses
+    from twinkles.algorithms.photocal import PhotoCalError
+    import twinkles.stages.process_eimage as pe
+    did = {"visit": 840, "detector": 0}
+    ref = tiny_repo.get("ref_cat")
+    exp = tiny_repo.get("eimage", did)
+    bad = exp.copy()
+    bad.visit_info = None
+    _expect_failure(bad, ref, ["no visit information", "re-ingest"])
+    bad = exp.copy()
+    bad.visit_info = dataclasses.replace(exp.visit_info, band="q")
+    _expect_failure(bad, ref, ["unknown band 'q'"])
+    bad = exp.copy()
+    bad.image[:500] = np.nan  # 12 of 512 rows left: 2.3% finite
+    _expect_failure(bad, ref, ["only 2.3% of the pixels are finite"])
+
+    def cfg(**kw):
+        return apply_config_overrides(Config(), {k: str(v) for k, v in kw.items()})
+    _expect_failure(exp, ref, ["usable PSF stars", "psf.min_snr"], cfg(**{"psf.min_snr": 1e7}))
+    _expect_failure(exp, ref, ["astrometry.max_rms_mas=0.01", "refusing to write a wrong WCS"],
+                    cfg(**{"astrometry.max_rms_mas": 0.01}))
+    _expect_failure(exp, ref, ["photocal.max_rms_mag=1e-05", "refusing to write a wrong zero point"],
+                    cfg(**{"photocal.max_rms_mag": 1e-5}))
+
+    def no_apcorr(*a, **k):
+        raise PhotoCalError("2 stars for the aperture correction (need >= 3)")
+    monkeypatch.setattr(pe, "aperture_correction", no_apcorr)
+    _expect_failure(exp, ref, ["aperture correction: 2 stars"])
 
 
 def test_partial_nan_and_missing_variance(tiny_repo, truth):
