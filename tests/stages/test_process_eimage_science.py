@@ -37,10 +37,18 @@ def _measurements(field):
 
 # ------------------------------------------------------------------------------------------------- astrometry
 def _astrometry(field):
-    """Per axis: mean offset of bright isolated stars, its standard error, the number of stars, and the pulls'
-    robust sigma about 0. The error of the mean: scatter of the per-star means / sqrt(stars) (+) the WCS fits'
-    error averaged over the visits, median(astrom_rms / sqrt(2 n_matches)) / sqrt(visits) (+) the part every visit
-    shares, the reference positions' error 1 / sqrt(sum 1 / coord_raErr^2) over the reference stars in the field."""
+    """Per axis: mean offset of bright isolated stars, its standard error, the number of stars, and the centroid
+    pulls' robust sigma about 0.
+
+    The error of the mean: scatter of the per-star means / sqrt(stars) (+) the WCS fits' error averaged over the
+    visits, median(astrom_rms / sqrt(2 n_matches)) / sqrt(visits) (+) the part every visit shares, the reference
+    positions' error 1 / sqrt(sum 1 / coord_raErr^2) over the reference stars in the field.
+
+    The pulls test the centroid errors (xErr, yErr) on samples that are independent: each offset minus its star's
+    mean over the visits and its visit's mean over the stars (what the WCS fit and the reference positions share),
+    over the centroid error, times sqrt(n / (n - 1)) for the star's n visits. (Pulls against the truth with the
+    WCS error in quadrature share that error within a visit and a field, so their spread varies from field to
+    field far more than 1.166 / sqrt(n) says.)"""
     m = _measurements(field)
     b = m.snr > BRIGHT_SNR
     ref = field.ref_cat
@@ -49,12 +57,30 @@ def _astrometry(field):
     shared = 1.0 / math.sqrt(np.sum(1.0 / ref_err ** 2))
     per_visit = float(np.median(m.visits["wcs_err_mas"])) / math.sqrt(len(m.visits))
     common = stats.combine(shared, per_visit)
+    row = np.searchsorted(np.asarray(m.visits["visit"]), m.visit)
+    wcs_row = np.asarray(m.visits["wcs_err_mas"])[row]
+    wcs_noise = np.asarray(m.visits["wcs_noise_mas"])[row]
     out = {}
     for axis, d, e in (("ra", m.dra_mas, m.err_ra_mas), ("dec", m.ddec_mas, m.err_dec_mas)):
         mean, err, n_stars = stats.grouped_mean_and_error(d[b], m.star_id[b])
         out[axis] = (mean, stats.combine(err, common), n_stars)
-        out[axis + "_pull"] = stats.robust_sigma_and_error(d[b] / e[b], centre=0.0)
+        centroid_err = np.sqrt(np.maximum(e[b] ** 2 - wcs_row[b] ** 2, 0.0) + wcs_noise[b] ** 2)
+        resid, keep = _two_way_residuals(d[b], m.star_id[b], m.visit[b])
+        out[axis + "_pull"] = stats.robust_sigma_and_error(resid / centroid_err[keep], centre=0.0)
     return out
+
+
+def _two_way_residuals(values, stars, visits):
+    """``values`` minus each star's mean and each visit's mean (two passes), times sqrt(n / (n - 1)) for the
+    star's n values; returns them and the mask of the values kept (stars seen once are dropped)."""
+    v = np.asarray(values, float).copy()
+    _, si, sn = np.unique(stars, return_inverse=True, return_counts=True)
+    _, vi = np.unique(visits, return_inverse=True)
+    for _ in range(2):
+        v -= (np.bincount(si, weights=v) / np.bincount(si))[si]
+        v -= (np.bincount(vi, weights=v) / np.bincount(vi))[vi]
+    keep = sn[si] > 1
+    return v[keep] * np.sqrt(sn[si][keep] / (sn[si][keep] - 1.0)), keep
 
 
 def test_astrometric_offsets_have_zero_mean_in_both_axes(field):
@@ -77,8 +103,8 @@ def test_astrometric_offsets_have_zero_mean_three_fields(fast_fields):
 
 
 def test_astrometric_pulls_match_the_errors(field):
-    """Offsets / (centroid error (+) WCS-fit error) per axis: robust sigma *about zero* (so a bias widens it)
-    expected 1, standard error 1.166 / sqrt(n)."""
+    """Centroid pulls per axis (offsets less what each star's visits and each visit's stars share, over the
+    centroid error): robust sigma about zero expected 1, standard error 1.166 / sqrt(n)."""
     a = _astrometry(field)
     for axis in ("ra", "dec"):
         sd, err = a[axis + "_pull"]
@@ -232,8 +258,8 @@ def _calibration_bias(fields, band):
 def test_calibrated_fluxes_against_truth(field):
     """Calibrated PSF fluxes of bright isolated stars against the truth (+ the reference catalogue's error):
     each band's mean over its visits within NSIGMA standard errors (their scatter / sqrt(visits)) of the SRD's
-    5 mmag single-visit requirement (the ~2 mmag bias from blended calibration stars is inside it; see
-    test_calibration_bias_below_1_mmag_over_ten_fields)."""
+    5 mmag single-visit requirement (one field's residual bias from calibration stars with unresolved neighbours
+    reaches 2.5 mmag; over ten fields it is < 1 mmag: test_calibration_bias_below_1_mmag_over_ten_fields)."""
     for band in np.unique(field.visits["band"]):
         mean, err, n = _calibration_bias([field], str(band))
         stats.assert_within(mean, 0.0, err, NSIGMA, f"seed {field.seed} band {band}: calibrated - true (mmag), "
@@ -257,9 +283,6 @@ def test_u_z_y_visits_calibrated_against_truth(uzy_field):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="calibration stars with unresolved neighbours (10-20% of them, 15-40 mmag "
-                   "too bright) pull the zero point ~2 mmag up; the simulated reference catalogue has the stars' "
-                   "own fluxes")
 def test_calibration_bias_below_1_mmag_over_ten_fields(ten_fields):
     """The issue's requirement: over ten fields, the mean offset of calibrated isolated-star fluxes from the
     truth (+ reference error) within 1 mmag in every band, and within NSIGMA of 0."""

@@ -19,7 +19,7 @@ from .match import match_sky
 from .metrics import astrometric_offsets
 from .single_frame import STATIC_POINT_TYPES, _clean, isolated
 
-__all__ = ["StarMeasurements", "field_measurements", "reference_offset_mmag"]
+__all__ = ["StarMeasurements", "field_measurements", "reference_offset_mmag", "wcs_noise_mas"]
 
 AB_NJY = 31.4
 
@@ -60,8 +60,9 @@ def reference_offset_mmag(src: Table, ref_cat: Table, truth: Table, band: str, m
     (``calib_photometry_used``) with the zero-point fit's weights ``1 / (ref_err^2 + meas_err^2 + floor^2)``.
 
     A correct zero-point fit is off the truth by this much (it calibrates to the reference catalogue), the same
-    in every visit that used the same stars. Only the bands with a reference of their own (g, r, i): for the
-    others the colour transformation adds its own error. Returns ``(offset, number of stars)``."""
+    in every visit that used the same stars. For the bands without a reference of their own (u, z, y) the
+    reference magnitude is the stellar-locus transformation's (as the calibration's), so the offset includes that
+    transformation's error. Returns ``(offset, number of stars)``."""
     from ..algorithms.photocal import reference_magnitudes
     used = np.nonzero(np.asarray(src["calib_photometry_used"], bool))[0]
     if not len(used):
@@ -84,6 +85,28 @@ def reference_offset_mmag(src: Table, ref_cat: Table, truth: Table, band: str, m
     return float(np.sum(w[ok] * d[ok]) / np.sum(w[ok])), int(ok.sum())
 
 
+def wcs_noise_mas(src: Table, meta: dict, ref_cat: Table, pixel_scale_mas: float = 200.0,
+                  match_radius_arcsec: float = 0.5) -> float:
+    """The per-axis error of a visit's fitted WCS at a star's position due to the matched stars' centroid noise
+    (the part that differs from visit to visit; the reference positions' errors are the same in every visit).
+
+    For a weighted least-squares fit with ``p`` parameters per axis the prediction variance averaged over the
+    fit points is ``p`` times that of a weighted mean: ``p sum(w^2 c^2) / (sum w)^2``, ``c`` the centroid errors,
+    ``w = 1 / (c^2 + r^2)`` (``r`` the reference errors), ``p = (d + 1)(d + 2) / 2`` for SIP degree ``d``."""
+    used = np.nonzero(np.asarray(src["calib_astrometry_used"], bool))[0]
+    if len(used) < 2:
+        return float("nan")
+    i_u, i_r, _ = match_sky(np.asarray(src["ra"])[used], np.asarray(src["dec"])[used], ref_cat["coord_ra"],
+                            ref_cat["coord_dec"], match_radius_arcsec)
+    c = np.hypot(np.asarray(src["xErr"], float), np.asarray(src["yErr"], float))[used[i_u]] / math.sqrt(2.0)
+    c = c * pixel_scale_mas
+    r = np.asarray(ref_cat["coord_decErr"], float)[i_r] * 3.6e6 if "coord_decErr" in ref_cat.colnames else 0.0 * c
+    w = 1.0 / (c ** 2 + r ** 2)
+    d = int(meta.get("astrom_sip_degree", 1) or 1)
+    p = (d + 1) * (d + 2) / 2
+    return float(math.sqrt(p * np.sum(w ** 2 * c ** 2) / np.sum(w) ** 2))
+
+
 def field_measurements(srcs: list[Table], metas: list[dict], visit_rows: Table, truth: Table, ref_cat: Table,
                        match_radius_arcsec: float = 0.5, pixel_scale_mas: float = 200.0) -> StarMeasurements:
     """Match each visit's ``src`` to the truth and collect the clean, unblended, isolated static stars.
@@ -96,7 +119,7 @@ def field_measurements(srcs: list[Table], metas: list[dict], visit_rows: Table, 
                                              "err_ra_mas", "err_dec_mas", "flux_njy", "flux_err_njy",
                                              "true_flux_njy")}
     vis = {k: [] for k in ("visit", "band", "zp_offset_mmag", "zp_err_mmag", "ref_offset_mmag", "n_ref",
-                           "wcs_err_mas")}
+                           "wcs_err_mas", "wcs_noise_mas")}
     iso_cache: dict[str, np.ndarray] = {}
     for src, meta, row in zip(srcs, metas, visit_rows):
         band = str(row["band"])
@@ -128,5 +151,6 @@ def field_measurements(srcs: list[Table], metas: list[dict], visit_rows: Table, 
         vis["ref_offset_mmag"].append(ref_off)
         vis["n_ref"].append(n_ref)
         vis["wcs_err_mas"].append(wcs_err)
+        vis["wcs_noise_mas"].append(wcs_noise_mas(src, meta, ref_cat, pixel_scale_mas, match_radius_arcsec))
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
     return StarMeasurements(**out, visits=Table(vis))
