@@ -125,6 +125,38 @@ def test_metadata_contents(validations):
         assert abs(meta["sky_level_e"] / row["skyBg"] - 1) < 0.05
 
 
+def test_calexp_wcs_read_back_against_true_wcs_over_the_sensor(tiny_repo, truth):
+    """The calexp's fitted TAN-SIP WCS, read back from its FITS header, against the simulator's true WCS on a
+    9 x 9 grid over the whole sensor. Expected: the fit's error, per axis sigma = astrom_rms / sqrt(2) x
+    sqrt(p / n) at the fit points on average (p = 6 terms per axis for SIP degree 2, n matches), up to ~2x at the
+    corners (leverage): the grid's rms within 4 sigma, its mean within 4 rms / sqrt(2 n), every point within
+    8 sigma."""
+    from twinkles.sim.wcs import true_wcs
+    _, visits = truth
+    for row in visits[:3]:
+        did = {"visit": int(row["visit"]), "detector": 0}
+        calexp = tiny_repo.get("calexp", did, runs=[RUN])
+        meta = tiny_repo.get("process_eimage_metadata", did, runs=[RUN])
+        # a SIP polynomial when the fit kept degree >= 2 (it is lowered with few matches), plain TAN otherwise
+        has_sip = meta["astrom_sip_degree"] >= 2
+        assert (calexp.wcs.sip is not None) == has_sip, meta["astrom_sip_degree"]
+        assert calexp.wcs.wcs.ctype[0] == ("RA---TAN-SIP" if has_sip else "RA---TAN")
+        tw = true_wcs(dict(zip(row.colnames, row.as_void())), tiny_repo.config)
+        g = np.linspace(0, calexp.image.shape[1] - 1, 9)
+        x, y = np.meshgrid(g, g)
+        ra, dec = calexp.wcs.all_pix2world(x.ravel(), y.ravel(), 0)
+        rt, dt = tw.all_pix2world(x.ravel(), y.ravel(), 0)
+        dra, ddec = astrometric_offsets(ra, dec, rt, dt)
+        n = meta["astrom_n_matches"]
+        d = max(1, meta["astrom_sip_degree"])
+        sigma = meta["astrom_rms_mas"] / math.sqrt(2.0) * math.sqrt((d + 1) * (d + 2) / 2 / n)
+        for name, off in (("RA", dra), ("Dec", ddec)):
+            what = f"visit {did['visit']} {name} (mas), fitted - true WCS over the sensor"
+            assert_within(float(np.mean(off)), 0.0, meta["astrom_rms_mas"] / math.sqrt(2.0 * n), 4.0, "mean " + what)
+            assert float(np.sqrt(np.mean(off ** 2))) < 4.0 * sigma, ("rms " + what, off, sigma)
+            assert float(np.max(np.abs(off))) < 8.0 * sigma, ("max " + what, off, sigma)
+
+
 def test_header_wcs_off_by_5_arcsec_and_rotated(tiny_repo, truth):
     """Perturb the header WCS further (5" and 0.1 deg on top of the simulated error): same astrometry."""
     tcat, visits = truth
