@@ -319,3 +319,34 @@ def test_spurious_fraction(field):
     req = 0.02
     stats.assert_within(max(spurious / n, req), req, math.sqrt(req * (1 - req) / n), NSIGMA,
                         f"seed {field.seed}: spurious fraction of {n} detections")
+
+
+# ------------------------------------------------------------------------------------------------- PSF
+def _psf_size_ratios(field, min_snr: float = 100.0):
+    """Per bright isolated clean star: trace of its adaptive moments measured on the image over that of the PSF
+    model at its position (ixx + iyy) / (ixxPSF + iyyPSF), one value per star (median over its visits)."""
+    from twinkles.validate.match import match_sky
+    from twinkles.validate.single_frame import STATIC_POINT_TYPES, _clean, isolated
+    ttype = np.asarray(field.truth["type"]).astype(str)
+    ids, ratios = [], []
+    for src, row in zip(field.srcs, field.visits):
+        i_s, i_t, _ = match_sky(src["ra"], src["dec"], field.truth["ra"], field.truth["dec"], 0.5)
+        ok = (np.isin(ttype[i_t], STATIC_POINT_TYPES) & isolated(field.truth, str(row["band"]))[i_t]
+              & _clean(src)[i_s] & (np.asarray(src["snr"])[i_s] > min_snr))
+        i_s, i_t = i_s[ok], i_t[ok]
+        t = np.asarray(src["ixx"], float)[i_s] + np.asarray(src["iyy"], float)[i_s]
+        tp = np.asarray(src["ixxPSF"], float)[i_s] + np.asarray(src["iyyPSF"], float)[i_s]
+        ids.append(np.asarray(field.truth["id"])[i_t])
+        ratios.append(t / tp)
+    return np.concatenate(ids), np.concatenate(ratios)
+
+
+def test_psf_model_size_matches_the_stars_on_the_image(field):
+    """The PSF model against the image itself (not against the true PSF through the same function): the bright
+    isolated stars' measured moment traces over the model's at their positions, averaged per star over the
+    visits: mean expected 1, standard error from the scatter of the per-star means (each star's noise and its
+    position's model error)."""
+    ids, r = _psf_size_ratios(field)
+    mean, err, n = stats.grouped_mean_and_error(r, ids)
+    assert n >= 15, n
+    stats.assert_within(mean, 1.0, err, NSIGMA, f"seed {field.seed}: star / PSF-model moment trace, {n} stars")
