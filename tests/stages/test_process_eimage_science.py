@@ -350,3 +350,44 @@ def test_psf_model_size_matches_the_stars_on_the_image(field):
     mean, err, n = stats.grouped_mean_and_error(r, ids)
     assert n >= 15, n
     stats.assert_within(mean, 1.0, err, NSIGMA, f"seed {field.seed}: star / PSF-model moment trace, {n} stars")
+
+
+# ------------------------------------------------------------------------------------------------- ingest
+def test_ingested_tan_sip_fits_processed_against_truth(fast_fields, tmp_path):
+    """An external FITS file (image in ADU, no variance plane: ingest makes one from the counts, a TAN-SIP header
+    2" off) ingested with
+    `twinkles ingest` and processed with `twinkles stage process_eimage`: its zero point (- the reference
+    error) within NSIGMA of its error and its mean astrometric offsets within NSIGMA of theirs."""
+    from astropy.io import fits
+    from twinkles.cli import main as cli_main
+    from twinkles.repo import Repository
+    f = fast_fields[0]
+    row = f.visits[0]
+    visit = int(row["visit"])
+    eimage = f.repo.get("eimage", {"visit": visit, "detector": 0})
+    wcs = f.calexp(visit).wcs.deepcopy()
+    if wcs.sip is None:
+        pytest.skip("the fit kept no SIP terms on this field")
+    wcs.wcs.crval = [wcs.wcs.crval[0] + 2.0 / 3600, wcs.wcs.crval[1]]
+    hdr = wcs.to_header(relax=True)
+    assert hdr["CTYPE1"] == "RA---TAN-SIP" and "A_2_0" in hdr
+    hdr.update({"FILTER": str(row["band"]), "MJD-OBS": float(row["midpointMjdTai"]) - 15 / 86400,
+                "EXPTIME": float(row["expTime"]), "VISIT": visit, "GAIN": 2.0, "SATURATE": 50000.0,
+                "SEEING": float(row["seeingReported"])})
+    path = tmp_path / "external.fits"
+    fits.PrimaryHDU((eimage.image / 2.0).astype(np.float32), header=hdr).writeto(path)
+    root = tmp_path / "ingested"
+    assert cli_main(["ingest", str(root), str(path)]) == 0
+    repo = Repository(root)
+    repo.put(f.ref_cat, "ref_cat", {}, run="raw")
+    assert cli_main(["stage", "process_eimage", str(root), "--run", "runs/l2"]) == 0
+    did = {"visit": visit, "detector": 0}
+    src, meta = repo.get("src", did, runs=["runs/l2"]), repo.get("process_eimage_metadata", did, runs=["runs/l2"])
+    m = field_measurements([src], [meta], f.visits[:1], f.truth, f.ref_cat)
+    d = float(m.visits["zp_offset_mmag"][0] - m.visits["ref_offset_mmag"][0])
+    stats.assert_within(d, 0.0, float(m.visits["zp_err_mmag"][0]), NSIGMA, "ingested: zero-point offset (mmag)")
+    b = m.snr > BRIGHT_SNR
+    for axis, off in (("RA", m.dra_mas), ("Dec", m.ddec_mas)):
+        mean, err = stats.mean_and_error(off[b])
+        stats.assert_within(mean, 0.0, stats.combine(err, float(m.visits["wcs_err_mas"][0])), NSIGMA,
+                            f"ingested: mean {axis} offset (mas)")
