@@ -1,8 +1,9 @@
-"""Science fields of the process_eimage tests: tiny fields (512 x 512, 6 visits in r and i) with different seeds,
+"""Science fields of the process_eimage tests: tiny fields (512 x 512, 10 visits in r and i) with different seeds,
 simulated and processed once per session (``twinkles stage process_eimage``) and shared by every test.
 
-The fields carry more stars (120 sprinkled ones of 18-23 mag instead of 45 of 17-21) so that each figure rests on
-a few hundred measurements; the tests read populations from the truth, never assume them. ``make test`` runs
+The fields carry more stars (120 sprinkled ones of 18-23 mag instead of 45 of 17-21) and 10 visits (not 6) so
+that each figure rests on several hundred measurements; the tests read populations from the truth, never
+assume them. ``make test`` runs
 :data:`FAST_SEEDS`; the slow marker adds the seeds up to ten (``make test-all``).
 """
 
@@ -18,7 +19,7 @@ from twinkles.repo import Repository
 RUN = "runs/l2"
 FAST_SEEDS = (1, 2, 3)
 SLOW_SEEDS = (4, 5, 6, 7, 8, 9, 10)
-FIELD_OPTIONS = dict(n_bright_stars=120, bright_star_mag_range=(18.0, 23.0))
+FIELD_OPTIONS = dict(n_bright_stars=120, bright_star_mag_range=(18.0, 23.0), n_visits=10)
 
 
 @dataclass
