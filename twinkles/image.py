@@ -106,6 +106,16 @@ class VisitInfo:
         "rot_sky_pos_deg": "ROTPA",
     }
 
+    def __eq__(self, other) -> bool:
+        """Field by field, an unknown (NaN) value equal to an unknown one: a VisitInfo read back from its header
+        equals the one written (dataclass equality compares NaN fields unequal from Python 3.13 on)."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+                   for a, b in ((getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
+
+    __hash__ = None  # mutable, as the dataclass was
+
     def to_header(self, header: fits.Header) -> None:
         for f in fields(self):
             value = getattr(self, f.name)

@@ -16,7 +16,8 @@ def _make_opsim(path):
     specs = [(1001, 0.0, 0.0, 60300.30, "r"), (1003, 0.05, -0.03, 60300.10, "u"), (1002, 0.0, 0.0, 60300.20, "g"),
              (1004, 3.0, 0.0, 60300.40, "r"), (1005, 0.0, 1.5, 60300.50, "i"), (1006, 0.01, 0.01, 60301.10, "z")]
     conn = sqlite3.connect(path)
-    conn.execute(f"CREATE TABLE observations ({', '.join(c + (' TEXT' if c == 'filter' else ' REAL') for c in OPSIM_COLUMNS)})")
+    columns = ", ".join(c + (" TEXT" if c == "filter" else " REAL") for c in OPSIM_COLUMNS)
+    conn.execute(f"CREATE TABLE observations ({columns})")
     for oid, dra, ddec, mjd, band in specs:
         r = dict(base, observationId=oid, fieldRA=FIELD_RA_DEG + dra, fieldDec=FIELD_DEC_DEG + ddec,
                  observationStartMJD=mjd, filter=band)

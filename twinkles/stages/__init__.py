@@ -35,7 +35,8 @@ DIA_STAGES = ("process_eimage", "make_skymap", "warp", "make_template", "image_d
               "forced_phot_dia")
 
 #: stage name -> module, in DESIGN.md section 4 order (sites and tests add theirs: TWINKLES_STAGE_MODULES)
-STAGE_MODULES: dict[str, str] = {name: f"twinkles.stages.{name}" for name in dict.fromkeys(STATIC_STAGES + DIA_STAGES)}
+STAGE_MODULES: dict[str, str] = {name: f"twinkles.stages.{name}"
+                                  for name in dict.fromkeys(STATIC_STAGES + DIA_STAGES)}
 
 #: What the stages not written yet will make (DESIGN.md section 2), to say what a missing stage blocks; a stage
 #: that exists says it itself (its OUTPUTS), and its entry here is no longer read.

@@ -598,9 +598,10 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     info = exposure.visit_info
     visit = int((data_id or {}).get("visit", info.visit if info else -1))
     detector = int((data_id or {}).get("detector", info.detector if info else 0))
+    where = f"visit {visit} detector {detector}"  # for the messages
     with timer("setup"):
-        check_inputs(exposure, config, f"visit {visit} detector {detector}")
-        frame = prepare_frame(exposure, config, f"visit {visit} detector {detector}", reuse_planes)
+        check_inputs(exposure, config, where)
+        frame = prepare_frame(exposure, config, where, reuse_planes)
     with timer("background1"):
         bkg = subtract_background(frame, config.background)
     with timer("cosmic_rays"):
