@@ -140,10 +140,12 @@ class VisitRenderer:
             self._positions = wcs.all_world2pix(np.asarray(t["ra"]), np.asarray(t["dec"]), 0)
             self._key = key
             t0 = self._tick("galaxy_stamps", t0)
-        for b in bands:
-            if b not in self._scenes:
-                self._scenes[b] = self._stamps.scene(np.asarray(self.sky.truth[f"{b}_flux"]),
-                                                     np.asarray(self.sky.truth[f"{b}_bulgeFrac"]))
+        missing = [b for b in dict.fromkeys(bands) if b not in self._scenes]
+        if missing:
+            t = self.sky.truth
+            made = self._stamps.scenes([(np.asarray(t[f"{b}_flux"]), np.asarray(t[f"{b}_bulgeFrac"]))
+                                        for b in missing])
+            self._scenes.update(zip(missing, made))
         self._tick("galaxy_scenes", t0)
 
     def release_stamps(self) -> None:
