@@ -78,7 +78,8 @@ _COMMON = dict(
 
 PRESETS: dict[str, dict] = {
     "tiny": dict(_COMMON, preset="tiny", size=512, bands="ri", n_visits=6, psf_grid=3, night_gap_days=(3, 5),
-                 n_bright_stars=45, n_saturated_stars=2, n_sn=6, n_agn=3, n_lens=1, n_var_stars=4),
+                 n_bright_stars=45, n_saturated_stars=2, n_sn=6, n_agn=3, n_lens=1, n_var_stars=4,
+                 moving_transients=True, n_moving_transients=3),  # trails: satellite_trails=True (see README)
     "demo": dict(_COMMON, preset="demo", size=1024, bands="gri", n_visits=40, psf_grid=3,
                  n_bright_stars=80, n_saturated_stars=4, n_sn=20, n_agn=8, n_lens=2, n_var_stars=10,
                  satellite_trails=True, moving_transients=True, n_moving_transients=6),
