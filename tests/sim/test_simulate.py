@@ -320,8 +320,18 @@ def test_twinkles1_visit(tmp_path):
     wcs = true_wcs(_visit_rows(repo)[0], repo.config)
     x, y = wcs.all_world2pix(truth["ra"], truth["dec"], 0)
     on = (x > 0) & (x < 4095) & (y > 0) & (y < 4095)
-    n_gal = (on & (np.asarray(truth["type"]) == "galaxy")).sum()
+    gal = on & (np.asarray(truth["type"]) == "galaxy")
+    r = 31.4 - 2.5 * np.log10(np.asarray(truth["r_flux"], float))
+    n_gal = (gal & (r < 25.5)).sum()
     assert 12000 < n_gal < 20000  # ~87 galaxies per arcmin^2 to r = 25.5 on 186 arcmin^2
+    # and the faint ones to 1.5 mag beyond the deepest coadd of this simulation's cadence (here its one visit)
+    from twinkles.sim.skymodel import faint_galaxy_limit, galaxy_counts_per_arcmin2
+    vt = repo.get("visit_table")
+    limit = faint_galaxy_limit(repo.config["simulation"], Table({"band": vt["band"],
+                                                                  "fiveSigmaDepth": vt["fiveSigmaDepthReported"]}))
+    assert limit - 0.1 < r[gal].max() < limit
+    n_exp = galaxy_counts_per_arcmin2(repo.config["simulation"], 25.5, limit, limit) * (4096 * 0.2 / 60) ** 2
+    assert abs((gal & (r >= 25.5)).sum() - n_exp) < 5 * math.sqrt(n_exp) + 0.02 * n_exp
 
 
 def test_faint_galaxies_are_rendered_with_the_model_counts_and_their_light(clean_repo, clean_state):

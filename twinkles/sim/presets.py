@@ -3,7 +3,10 @@
 Every key can be overridden: ``simulate_field(repo, preset="tiny", size=256, cosmic_rays=False)`` or on the
 command line ``--size 256 --no-cosmic-rays --set n_sn=10``. Populations marked "sprinkled" are planted at rates far
 above nature's (as Twinkles' sprinkler did) so that even a small field holds enough of each kind; the others follow
-realistic number counts (see :mod:`twinkles.sim.skymodel`).
+realistic number counts (see :mod:`twinkles.sim.skymodel`), galaxies down to 1.5 mag beyond the deepest coadd the
+cadence makes. Artefacts for the coadd's rejection to remove (:mod:`twinkles.sim.artifacts`): the demo preset has
+satellite trails (10% of the visits) and 6 moving transients, tiny 3 moving transients (trails on request:
+``--set satellite_trails=true``), twinkles1 none.
 """
 
 from __future__ import annotations

@@ -16,12 +16,14 @@ Populations (numbers per preset in :mod:`twinkles.sim.presets`):
   and Hogg et al. 1997's R counts), the differential counts continuous at the join (dN/dm = 66 arcmin^-2 mag^-1 =
   2.4e5 deg^-2 mag^-1 at r = 25.5, 3.4e5 at r = 26), down to ``faint_galaxy_mag_max`` -- by default
   (None) ``faint_galaxy_margin_mag`` (1.5) beyond the deepest coadd the cadence can make
-  (:func:`faint_galaxy_limit`: r ~ 28.6 for twinkles1, ~27.2 for demo). They are pure exponential disks (bulge
-  fraction 0 in every band, ``bulgeHlr``/``bulgeQ`` NaN), with the same size-magnitude relation (hlr ~0.25" at r =
-  25.5, ~0.13" at r = 28; clipped to 0.05-1.0"), axis ratios 0.2-1 and disk colours; the renderer draws pure disks
-  through a fast Gaussian-mixture path (:class:`twinkles.sim.render.GalaxyStamps`). They come last in the truth
-  table and are drawn from the sky model's random stream after every other population, so that switching them
-  off (or changing their depth) leaves every other object of a seed unchanged.
+  (:func:`faint_galaxy_limit`: r ~ 28.8 for twinkles1, ~27.2 for demo, ~26.4 for tiny, from their full
+  cadences; a run with fewer visits (``--visits``) makes a shallower coadd and so stops earlier). They are pure
+  exponential disks (bulge fraction 0 in every band, ``bulgeHlr``/``bulgeQ`` NaN), with the same size-magnitude
+  relation (hlr ~0.25" at r = 25.5, ~0.13" at r = 28; clipped to 0.05-1.0"), axis ratios 0.2-1 and disk colours;
+  the renderer draws pure disks through a fast Gaussian-mixture path (:class:`twinkles.sim.render.GalaxyStamps`).
+  They come last in the truth table and are drawn from the sky model's random stream after every other
+  population, so that switching them off (or changing their depth) leaves every other object of a seed
+  unchanged.
 * ``sn`` -- *sprinkled* Type Ia-like supernovae in galaxy hosts at 0.1 < z < 0.6, offset from the host centre
   by ~0.7 disk half-light radii: a t^2 rise over 18 rest-frame days, a linear magnitude decline of 0.035-0.12
   mag/day per band for 25 days then 0.02 mag/day, a secondary bump in r, i, z, y; peak M = -19.3 +- 0.15 at the
