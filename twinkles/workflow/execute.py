@@ -8,13 +8,18 @@ Executors (``--executor``):
   workers forked from a fork server), the pool while the interchange starts (``LocalHTEX``: the worker port is
   chosen beforehand): the first job starts ~0.25 s after the run's start instead of ~1.25 s;
 * ``threads``: Parsl's ThreadPoolExecutor in this process (tests, debugging);
-* ``slurm``: the NERSC Perlmutter example shipped in ``twinkles/workflow/configs/nersc_perlmutter.py``;
+* ``slurm``: any Slurm cluster, ``twinkles/workflow/configs/generic_slurm.py`` (partition, account, nodes per
+  block, walltime, worker init from ``--partition`` ... flags or ``TWINKLES_SLURM_*`` variables);
+* ``perlmutter``: the NERSC Perlmutter example, ``twinkles/workflow/configs/nersc_perlmutter.py``;
 * ``CONFIG.py``: any Python file defining ``make_config(run_dir, workers)`` returning a ``parsl.config.Config``
   (or a module-level ``config``); moving from a laptop to a cluster is a matter of this file.
 
 Only this process writes the registry: jobs return the refs they wrote and their measurements; outputs are
 registered in one transaction per finished batch, then the job records are updated. Parsl run directories go
-under ``REPO/runinfo``. Small jobs are batched (several quanta per Parsl task) once their duration is known, so
+under ``REPO/runinfo``. On a batch-system executor the blocks (Slurm jobs) and their states are recorded every
+few seconds (``workflow_blocks``, shown by ``twinkles status``). Per-job limits (``--job-memory``, ``--job-time``,
+per stage in ``twinkles.yaml``: :mod:`twinkles.workflow.limits`) travel with each job to its worker; a job stopped
+at a limit is failed at once (retried only with ``--retry-exceeded``). Small jobs are batched (several quanta per Parsl task) once their duration is known, so
 the ~40 ms per-task cost of Parsl stays small against the work.
 """
 
@@ -43,10 +48,13 @@ from .pipeline import resolve_pipeline
 from .records import JobStore
 
 __all__ = ["run_pipeline", "RunSummary", "build_parsl_config", "EXECUTORS", "WorkflowError", "available_cores",
-           "NERSC_CONFIG"]
+           "NERSC_CONFIG", "SLURM_CONFIG"]
 
-EXECUTORS = ("local", "threads", "slurm")
+EXECUTORS = ("local", "threads", "slurm", "perlmutter")
 NERSC_CONFIG = Path(__file__).parent / "configs" / "nersc_perlmutter.py"
+SLURM_CONFIG = Path(__file__).parent / "configs" / "generic_slurm.py"
+#: seconds between two records of the blocks' states
+BLOCK_RECORD_S = 2.0
 INPUT_RUNS = ["raw"]
 #: aim for Parsl tasks of about this many seconds when batching quick jobs
 TARGET_TASK_SECONDS = 1.0
@@ -198,8 +206,10 @@ def _threads_config(run_dir: Path, workers: int):
                   strategy="none", retries=0, usage_tracking=0)
 
 
-def load_config_file(path: str | Path, run_dir: Path, workers: int | None):
-    """Build the Parsl config of a config file: ``make_config(run_dir=, workers=)`` or module-level ``config``."""
+def load_config_file(path: str | Path, run_dir: Path, workers: int | None, settings: dict | None = None):
+    """Build the Parsl config of a config file: ``make_config(run_dir=, workers=[, **settings])`` or module-level
+    ``config``; ``settings``: cluster settings given on the command line (--partition ...), None values dropped."""
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
     path = Path(path)
     if not path.is_file():
         raise WorkflowError(f"--executor {path}: no such config file; give local, threads, slurm or the path of "
@@ -211,7 +221,19 @@ def load_config_file(path: str | Path, run_dir: Path, workers: int | None):
     except Exception as exc:
         raise WorkflowError(f"{path}: cannot load the Parsl config file ({type(exc).__name__}: {exc})") from exc
     if hasattr(module, "make_config"):
-        config = module.make_config(run_dir=str(run_dir), workers=workers)
+        try:
+            config = module.make_config(run_dir=str(run_dir), workers=workers, **settings)
+        except TypeError as exc:
+            if settings and "argument" in str(exc):
+                flags = ", ".join("--" + k.replace("_", "-") for k in settings)
+                raise WorkflowError(f"{path}: its make_config does not take {flags} ({exc}); set them in the file "
+                                    "or use --executor slurm") from None
+            raise
+        except ValueError as exc:
+            raise WorkflowError(f"{path}: {exc}") from None
+    elif settings:
+        flags = ", ".join("--" + k.replace("_", "-") for k in settings)
+        raise WorkflowError(f"{path}: defines a module-level config, which cannot take {flags}")
     elif hasattr(module, "config"):
         config = module.config
         config.run_dir = str(run_dir)
@@ -242,8 +264,9 @@ def config_workers(config) -> int:
     return max(1, total)
 
 
-def build_parsl_config(executor: str, run_dir: Path, workers: int | None):
-    """(parsl Config, worker slots, isolated) for an ``--executor`` value."""
+def build_parsl_config(executor: str, run_dir: Path, workers: int | None, settings: dict | None = None):
+    """(parsl Config, worker slots, isolated) for an ``--executor`` value; ``settings``: cluster settings
+    (partition, account, nodes_per_block, max_blocks, walltime, worker_init) for a config file that takes them."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if executor == "local":
         n = workers or available_cores()
@@ -251,12 +274,19 @@ def build_parsl_config(executor: str, run_dir: Path, workers: int | None):
     if executor == "threads":
         n = workers or available_cores()
         return _threads_config(run_dir, n), n, False
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    if given and executor in ("local", "threads"):
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise WorkflowError(f"{flags}: settings of a Slurm cluster, not of --executor {executor}; add "
+                            "--executor slurm")
     if executor == "slurm":
-        config = load_config_file(NERSC_CONFIG, run_dir, workers)
+        config = load_config_file(SLURM_CONFIG, run_dir, workers, given)
+    elif executor == "perlmutter":
+        config = load_config_file(NERSC_CONFIG, run_dir, workers, given)
     elif executor.endswith(".py"):
-        config = load_config_file(executor, run_dir, workers)
+        config = load_config_file(executor, run_dir, workers, given)
     else:
-        raise WorkflowError(f"--executor {executor!r}: use local, threads, slurm or a CONFIG.py file")
+        raise WorkflowError(f"--executor {executor!r}: use local, threads, slurm, perlmutter or a CONFIG.py file")
     isolated = not any(hasattr(ex, "max_threads") for ex in config.executors)
     return config, config_workers(config), isolated
 
@@ -338,11 +368,15 @@ class _Estimator:
 def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", workers: int | None = None,
                  retries: int = 1, run: str | None = None, query: dict | None = None,
                  overrides: dict[str, str] | None = None, progress: bool | None = None,
-                 batch: int | None = None, echo=None) -> RunSummary:
+                 batch: int | None = None, echo=None, job_memory=None, job_time=None, retry_exceeded: bool = False,
+                 cluster: dict | None = None) -> RunSummary:
     """Run (or resume) a pipeline on a repository; returns a summary. Never raises for a failed job.
 
     ``progress``: show a tqdm bar (None: only on a terminal). ``batch``: fixed quanta per Parsl task (default:
-    adaptive). ``echo``: a function printing status lines (default: stderr).
+    adaptive). ``echo``: a function printing status lines (default: stderr). ``job_memory``/``job_time``: per-job
+    limits ("4GB", "30m"; :mod:`twinkles.workflow.limits`); ``retry_exceeded``: retry jobs stopped at a limit too.
+    ``cluster``: settings of a Slurm config (partition, account, nodes_per_block, max_blocks, walltime,
+    worker_init).
     """
     from ..cli import ensure_env_bin_on_path  # HTEX starts interchange.py / process_worker_pool.py from PATH
 
@@ -358,6 +392,16 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
     pipe = resolve_pipeline(pipeline, overrides)
     if not pipe.stages:
         raise StageError(f"pipeline {pipeline}: none of its stages ({', '.join(pipe.missing)}) is implemented yet")
+    from .limits import LimitError, stage_limits
+    try:
+        limits = stage_limits(repo.config, pipe.names, job_memory, job_time)
+    except LimitError as exc:
+        raise WorkflowError(str(exc)) from None
+    limits = {k: v for k, v in limits.items() if v["memory_bytes"] or v["time_s"]}
+    if limits and executor == "threads":
+        raise WorkflowError("--job-memory/--job-time (or limits in twinkles.yaml) are enforced by worker processes: "
+                            "use --executor local or a cluster executor, not threads")
+    opts = {"limits": limits, "retry_exceeded": retry_exceeded, "cluster": cluster or {}}
     with _repo_lock(repo):
         cleaned = repo.check(fix=True)
         if cleaned["temporary_files"] or cleaned["missing_files"] or cleaned["damaged_files"]:
@@ -368,7 +412,7 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
             echo(f"warning: {cleaned['damaged_inputs']} input file(s) changed size since they were registered "
                  "(truncated?): the jobs reading them will fail; `twinkles check` lists them -- simulate or "
                  "ingest them again")
-        return _orchestrate(repo, run, pipe, executor, workers, retries, query or {}, progress, batch, echo)
+        return _orchestrate(repo, run, pipe, executor, workers, retries, query or {}, progress, batch, echo, opts)
 
 
 def _check_submit_command(config) -> None:
@@ -381,11 +425,13 @@ def _check_submit_command(config) -> None:
                                 "run --executor slurm` on the cluster's login node (or use --executor local)")
 
 
-def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, batch, echo) -> RunSummary:
+def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, batch, echo, opts) -> RunSummary:
     store = JobStore(repo, run)
     previous = store.previous_states()
     run_dir = repo.root / "runinfo"
-    config, n_workers, isolated = build_parsl_config(executor, run_dir, workers)
+    config, n_workers, isolated = build_parsl_config(executor, run_dir, workers, opts["cluster"])
+    if opts["limits"] and not isolated:
+        raise WorkflowError("--job-memory/--job-time need worker processes; this config runs jobs in threads")
     _check_submit_command(config)
     label = executor if executor in EXECUTORS else str(Path(executor).resolve())
     configs = {s.name: _config_dict(s.config) for s in pipe.stages}
@@ -430,7 +476,8 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
             _start_local_block(dfk)
             app = python_app(execute_batch, data_flow_kernel=dfk)
             bar = _progress_bar(progress, graph)
-            _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, batch, bar)
+            blocks = _BlockRecorder(dfk, store)
+            _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, batch, bar, opts, blocks)
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user"
         raise
@@ -443,6 +490,7 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
         if dfk is not None:
             try:
                 dfk.cleanup()
+                _BlockRecorder(dfk, store).record(final=True)
             except Exception as exc:  # noqa: BLE001 - never hide why the run stopped
                 if status == "finished":
                     raise
@@ -470,7 +518,39 @@ def _progress_bar(progress, graph):
                 dynamic_ncols=True, file=sys.stderr)
 
 
-def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, fixed_batch, bar) -> None:
+class _BlockRecorder:
+    """Records the blocks (batch jobs) of the executors that submit to a batch system, every BLOCK_RECORD_S.
+
+    Reads only Parsl's public executor interface: ``blocks_to_job_id`` and ``status_facade`` (the states its
+    poller last got from the provider, e.g. squeue/sacct), so recording costs no batch-system command."""
+
+    def __init__(self, dfk, store):
+        self.store = store
+        self.executors = {label: ex for label, ex in dfk.executors.items()
+                          if getattr(ex, "provider", None) is not None and hasattr(ex, "blocks_to_job_id")
+                          and type(ex.provider).__name__ != "LocalProvider"}
+        self.last = 0.0
+
+    def record(self, final: bool = False) -> None:
+        if not self.executors or (not final and time.monotonic() - self.last < BLOCK_RECORD_S):
+            return
+        self.last = time.monotonic()
+        for label, ex in self.executors.items():
+            states = dict(ex.status_facade)
+            blocks = {}
+            for block, job_id in dict(ex.blocks_to_job_id).items():
+                st = states.get(str(block))
+                state = st.state.name.lower() if st is not None else "submitted"
+                if final and state in ("running", "pending", "submitted"):
+                    state = "scaled_in"  # the executor stopped, cancelling its blocks
+                message = (st.message or None) if st is not None else None
+                blocks[str(block)] = (job_id, state, message)
+            self.store.record_blocks(label, blocks)
+
+
+def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, fixed_batch, bar, opts=None,
+          blocks=None) -> None:
+    opts = opts or {"limits": {}, "retry_exceeded": False}
     inflight: dict = {}
     est = _Estimator()
     max_inflight = max(2, 2 * n_workers)
@@ -499,13 +579,16 @@ def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries
             store.mark_running(jobs)
             specs = [{"stage": j.stage, "module": graph.stages[j.stage].spec.module_name, "data_id": j.data_id,
                       "overrides": graph.stages[j.stage].spec.overrides, "attempt": j.attempt,
-                      "log_path": log_relpath(run, j.stage, j.key, j.attempt)} for j in jobs]
+                      "log_path": log_relpath(run, j.stage, j.key, j.attempt),
+                      **({"limits": opts["limits"][j.stage]} if j.stage in opts["limits"] else {})} for j in jobs]
             inflight[app(str(repo.root), run, input_runs, specs, isolated, orchestrator)] = jobs
         if not inflight:
             break
         finished, _ = cf.wait(list(inflight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
         for fut in finished:
-            _collect(repo, run, graph, store, inflight.pop(fut), fut, retries, est)
+            _collect(repo, run, graph, store, inflight.pop(fut), fut, retries, est, opts["retry_exceeded"])
+        if blocks is not None:
+            blocks.record()
         new = graph.take_new_jobs()
         store.add_pending(new)
         skipped = graph.take_changed()
@@ -528,7 +611,7 @@ def _salvage_log(path: Path, error: str) -> bool:
     return True
 
 
-def _collect(repo, run, graph, store, jobs, fut, retries, est) -> None:
+def _collect(repo, run, graph, store, jobs, fut, retries, est, retry_exceeded: bool = False) -> None:
     try:
         results = list(fut.result())
         lost = ""
@@ -557,7 +640,7 @@ def _collect(repo, run, graph, store, jobs, fut, retries, est) -> None:
         if res["status"] == "done":
             items.append((job, res, "done"))
             settle.append((job, "done", ""))
-        elif job.attempts <= retries:
+        elif job.attempts <= retries and (retry_exceeded or not res.get("limit")):
             items.append((job, res, "pending"))  # a retry follows
             job.error = res.get("error", "")
             graph.requeue(job)

@@ -112,9 +112,10 @@ def make_config(run_dir: str = "runinfo", workers: int | None = None, **given) -
         launcher=SrunLauncher(),  # one worker pool per node of the block
     )
     htex_options = {"address": s["address"]} if s["address"] else {}
+    if workers:
+        htex_options["max_workers_per_node"] = int(workers)  # else Parsl's default: one per core of the node
     htex = HighThroughputExecutor(
         label="slurm",
-        max_workers_per_node=int(workers) if workers else float("inf"),
         heartbeat_period=s["heartbeat"],
         heartbeat_threshold=4 * s["heartbeat"],
         worker_logdir_root=str(run_dir),
