@@ -254,10 +254,12 @@ def config_workers(config) -> int:
             continue
         per_node = getattr(ex, "max_workers_per_node", None)
         provider = getattr(ex, "provider", None)
-        cores = getattr(provider, "cores_per_node", None) or available_cores()
+        cores = getattr(provider, "cores_per_node", None)
         cpw = getattr(ex, "cores_per_worker", 1.0) or 1.0
-        n = int(cores // cpw)
-        if per_node not in (None, float("inf")):
+        finite = per_node not in (None, float("inf"))
+        # a node's cores unknown here (a cluster's node, not this machine): the workers asked for, else ours
+        n = int((cores or (int(per_node) if finite else available_cores())) // cpw)
+        if finite:
             n = min(n, int(per_node))
         nodes = getattr(provider, "nodes_per_block", 1) * max(1, getattr(provider, "max_blocks", 1))
         total += max(1, n) * nodes
