@@ -269,6 +269,11 @@ def config_workers(config) -> int:
 def build_parsl_config(executor: str, run_dir: Path, workers: int | None, settings: dict | None = None):
     """(parsl Config, worker slots, isolated) for an ``--executor`` value; ``settings``: cluster settings
     (partition, account, nodes_per_block, max_blocks, walltime, worker_init) for a config file that takes them."""
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    if given and executor in ("local", "threads"):
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise WorkflowError(f"{flags}: settings of a Slurm cluster, not of --executor {executor}; add "
+                            "--executor slurm")
     run_dir.mkdir(parents=True, exist_ok=True)
     if executor == "local":
         n = workers or available_cores()
@@ -276,11 +281,6 @@ def build_parsl_config(executor: str, run_dir: Path, workers: int | None, settin
     if executor == "threads":
         n = workers or available_cores()
         return _threads_config(run_dir, n), n, False
-    given = {k: v for k, v in (settings or {}).items() if v is not None}
-    if given and executor in ("local", "threads"):
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise WorkflowError(f"{flags}: settings of a Slurm cluster, not of --executor {executor}; add "
-                            "--executor slurm")
     if executor == "slurm":
         config = load_config_file(SLURM_CONFIG, run_dir, workers, given)
     elif executor == "perlmutter":
