@@ -1,7 +1,7 @@
 """Shared pieces of the workflow tests' stages: test-only dataset types and a tiny-repository builder.
 
-The stages (wf_check, wf_down, wf_agg, wf_flaky) know nothing of twinkles' science stages: they validate an
-eimage the way process_eimage will (readable, finite pixels, a celestial WCS) and write small deterministic
+The stages (wf_check, wf_down, wf_agg, wf_flaky, wf_limits) know nothing of twinkles' science stages: they
+validate an eimage the way process_eimage will (readable, finite pixels, a celestial WCS) and write small deterministic
 products, so the engine can be tested alone. They are registered with TWINKLES_STAGE_MODULES (see conftest.py).
 """
 
@@ -18,11 +18,13 @@ for _name, _dims, _storage in [("wftest_stats", ("visit", "detector"), "Catalog"
                                ("wftest_down", ("visit", "detector"), "StructuredData"),
                                ("wftest_summary", (), "StructuredData"),
                                ("wftest_flaky", ("visit", "detector"), "StructuredData"),
+                               ("wftest_limits", ("visit", "detector"), "StructuredData"),
                                ("wftest_image", ("visit", "detector"), "Exposure")]:
     if _name not in DATASET_TYPES:
         register_dataset_type(_name, _dims, _storage)
 
-STAGES = {"wf_check": "wf_check", "wf_down": "wf_down", "wf_agg": "wf_agg", "wf_flaky": "wf_flaky"}
+STAGES = {"wf_check": "wf_check", "wf_down": "wf_down", "wf_agg": "wf_agg", "wf_flaky": "wf_flaky",
+          "wf_limits": "wf_limits"}
 ENV_VALUE = ",".join(f"{k}={v}" for k, v in STAGES.items())
 
 
