@@ -155,7 +155,7 @@ def test_cli_run_status_and_exit_codes(tmp_path, capsys):
     assert main(["run", str(good.root), "--pipeline", "nope", "--executor", "threads"]) == 2
     assert main(["run", str(good.root), "--pipeline", "wf_check", "--executor", "bogus"]) == 2
     err = capsys.readouterr().err
-    assert "unknown stage(s) nope" in err and "use local, threads, slurm or a CONFIG.py" in err
+    assert "unknown stage(s) nope" in err and "use local, threads, slurm, perlmutter or a CONFIG.py" in err
 
 
 def test_l2_pipeline_names_stages_not_implemented(tmp_path):

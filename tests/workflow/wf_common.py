@@ -66,3 +66,13 @@ def job_rows(repo, run="runs/l2") -> list[dict]:
     """The job records of a run, as dicts, by stage and visit."""
     with repo.read_only() as conn:
         return [dict(r) for r in conn.execute("SELECT * FROM jobs WHERE run=? ORDER BY stage, visit", (run,))]
+
+
+def whoami() -> dict:
+    """A Parsl app body: which process ran it, its parent's command line and its Python."""
+    import os
+    import sys
+
+    import psutil
+    me = psutil.Process()
+    return {"pid": os.getpid(), "pool": " ".join(me.parent().cmdline()), "executable": sys.executable}

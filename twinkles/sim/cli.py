@@ -9,7 +9,7 @@ __all__ = ["register", "cmd_simulate"]
 
 def _parse_set(items: list[str] | None) -> dict:
     import yaml
-    from ..cli import UserError
+    from ..errors import UserError
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -23,7 +23,7 @@ def _parse_set(items: list[str] | None) -> dict:
 
 
 def cmd_simulate(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from . import SimulationInputError
     from .presets import PRESETS
     from .simulate import simulate_field

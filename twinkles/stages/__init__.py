@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 from types import ModuleType
 
-from ..startup import import_frozen
-
-__all__ = ["STAGE_MODULES", "load_stage", "available_stages", "apply_config_overrides", "ProcessingError",
-           "StageError"]
+__all__ = ["STAGE_MODULES", "load_stage", "available_stages", "apply_config_overrides", "parse_overrides",
+           "ProcessingError", "StageError"]
 
 #: stage name -> module (DESIGN.md section 4 order)
 STAGE_MODULES: dict[str, str] = {
@@ -56,7 +55,7 @@ def load_stage(name: str) -> ModuleType:
         raise StageError(f"unknown stage {name!r}; stages: {', '.join(STAGE_MODULES)}")
     if not _module_exists(STAGE_MODULES[name]):
         raise StageError(f"stage {name!r} is not implemented yet; implemented: {', '.join(available_stages())}")
-    return import_frozen(STAGE_MODULES[name])  # the scientific stack, without cycle collections (startup.py)
+    return importlib.import_module(STAGE_MODULES[name])
 
 
 def _coerce(value: str, current):
@@ -83,6 +82,18 @@ def _coerce(value: str, current):
                 pass
         return None if value.lower() == "none" else value
     return value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """``["stage.field=value", ...]`` (the command line's ``--config`` values) -> ``{"stage.field": "value"}``."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise StageError(f"--config {item!r}: write stage.field=value, e.g. "
+                             "--config process_eimage.detection.threshold=5")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
 
 
 def apply_config_overrides(config, overrides: dict[str, str], stage: str = ""):

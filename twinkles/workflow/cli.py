@@ -11,19 +11,25 @@ CLUSTER_FLAGS = ("partition", "account", "nodes_per_block", "max_blocks", "wallt
 
 
 def _overrides(items):
-    from ..cli import _parse_overrides
-    return _parse_overrides(items)
+    from ..stages import parse_overrides
+    return parse_overrides(items)
 
 
 def cmd_run(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from ..repo import parse_id_args
     from .execute import WorkflowError, run_pipeline
 
     query = parse_id_args(args.id or [])
+    overrides = _overrides(args.config)
+    from ..startup import frozen_imports
+    from .pipeline import resolve_pipeline
+    with frozen_imports():  # the stages' scientific stack and Parsl, frozen once imported (see startup.py)
+        import parsl.dataflow.dflow  # noqa: F401
+        resolve_pipeline(args.pipeline, overrides)
     try:
         s = run_pipeline(args.repo, pipeline=args.pipeline, executor=args.executor, workers=args.workers,
-                         retries=args.retries, run=args.run, query=query, overrides=_overrides(args.config),
+                         retries=args.retries, run=args.run, query=query, overrides=overrides,
                          progress=None if not args.no_progress else False, batch=args.batch,
                          job_memory=args.job_memory, job_time=args.job_time, retry_exceeded=args.retry_exceeded,
                          cluster={k: getattr(args, k) for k in CLUSTER_FLAGS})
@@ -60,13 +66,13 @@ def cmd_serve(args) -> int:
     try:
         serve(args.repo, port=args.port, run=args.run, refresh=args.refresh)
     except OSError as exc:
-        from ..cli import UserError
+        from ..errors import UserError
         raise UserError(f"cannot serve on 127.0.0.1:{args.port} ({exc}); choose another --port") from None
     return 0
 
 
 def cmd_report(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from .report import ReportError, write_report
     try:
         path = write_report(args.repo, args.run)

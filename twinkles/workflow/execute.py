@@ -4,9 +4,8 @@ Executors (``--executor``):
 
 * ``local`` (default): Parsl's HighThroughputExecutor with a LocalProvider on this machine, one worker per core
   (``--workers`` to change); workers are separate processes, so per-job CPU and memory are measured exactly.
-  Its interchange and worker pool are started through :mod:`twinkles.workflow.worker_pool` (lean Parsl import,
-  workers forked from a fork server), the pool while the interchange starts (``LocalHTEX``: the worker port is
-  chosen beforehand): the first job starts ~0.25 s after the run's start instead of ~1.25 s;
+  Stock Parsl, configured through its public options only (one block started at once, a prefetched task per
+  worker, a 50 ms poll period, short heartbeats);
 * ``threads``: Parsl's ThreadPoolExecutor in this process (tests, debugging);
 * ``slurm``: any Slurm cluster, ``twinkles/workflow/configs/generic_slurm.py`` (partition, account, nodes per
   block, walltime, worker init from ``--partition`` ... flags or ``TWINKLES_SLURM_*`` variables);
@@ -31,7 +30,6 @@ import dataclasses
 import fcntl
 import importlib.util
 import os
-import shlex
 import socket
 import sys
 import time
@@ -73,101 +71,25 @@ def available_cores() -> int:
 
 
 # ---------------------------------------------------------------------------------------------- Parsl configs
-def _free_loopback_port(low: int = 20000, high: int = 30000) -> int:
-    """A TCP port free on 127.0.0.1 now, below Linux's ephemeral range (which outgoing connections draw from)."""
-    import random
-    for port in random.Random().sample(range(low, high), 200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise WorkflowError(f"no free TCP port in {low}-{high} on 127.0.0.1 for Parsl's interchange")
-
-
-def _local_htex_class():
-    from parsl.executors import HighThroughputExecutor
-
-    class LocalHTEX(HighThroughputExecutor):
-        """Parsl's HighThroughputExecutor whose worker pool is launched while its interchange starts.
-
-        Parsl launches the interchange, waits for it to report the port it bound for workers (~0.1 s: a Python
-        start-up and imports), and only then can the pool be launched, since its command line holds that port.
-        Here the port is chosen first (a free loopback port, passed as ``worker_port``), Parsl's own start-up code
-        runs with that wait deferred, and :func:`_start_local_block` launches the pool at once, then confirms the
-        interchange is up (:meth:`confirm_interchange`) -- the pool, which takes as long to import, finds it
-        listening."""
-
-        def _start_local_interchange_process(self) -> None:
-            port = self.worker_port
-            client = self.command_client
-            if port is None:
-                return super()._start_local_interchange_process()
-            client.run = lambda message, *a, **k: port if message == "WORKER_BINDS" else type(client).run(
-                client, message, *a, **k)
-            try:
-                super()._start_local_interchange_process()
-            finally:
-                del client.run
-            self._interchange_confirmed = False
-
-        def confirm_interchange(self, timeout_s: float = 60.0) -> None:
-            """Wait until the interchange has bound the chosen worker port (its log says so) and answers on its
-            command channel; fail at once, naming its log, if it exits first (e.g. another program took the
-            port between our check and its bind)."""
-            if getattr(self, "_interchange_confirmed", True):
-                return
-            try:
-                self._wait_for_interchange(timeout_s)
-            except WorkflowError:
-                # the pool launched beside it cannot connect: stop it, and let later commands fail at once
-                # (the interchange will not answer them) rather than wait for ever
-                self.provider.cancel(list(self.blocks_to_job_id.values()))
-                self.command_client.ok = False
-                raise
-            self._interchange_confirmed = True
-
-        def _wait_for_interchange(self, timeout_s: float) -> None:
-            log = Path(self.logdir) / "interchange.log"
-            bound_line = f"Bound to port {self.worker_port} for incoming worker connections"
-            deadline = time.monotonic() + timeout_s
-            while not (log.exists() and bound_line in log.read_text(errors="replace")):
-                if self.interchange_proc.poll() is not None:
-                    raise WorkflowError(f"Parsl's interchange exited at start (code {self.interchange_proc.returncode}"
-                                        f"); see {log}. Run again: another worker port is chosen")
-                if time.monotonic() > deadline:
-                    raise WorkflowError(f"Parsl's interchange did not bind port {self.worker_port} within "
-                                        f"{timeout_s:.0f} s; see {log}")
-                time.sleep(0.003)
-            try:
-                bound = self.command_client.run("WORKER_BINDS", timeout_s=max(1.0, deadline - time.monotonic()))
-            except Exception as exc:  # noqa: BLE001 - Parsl's CommandClientTimeoutError and the like
-                raise WorkflowError(f"Parsl's interchange did not answer ({type(exc).__name__}: {exc}); see "
-                                    f"{log}") from exc
-            if bound != self.worker_port:
-                raise WorkflowError(f"Parsl's interchange bound worker port {bound}, not {self.worker_port}")
-
-    return LocalHTEX
+#: seconds between the ticks of Parsl's block poller; the first tick after the executor started launches the
+#: ``init_blocks`` block, so this is also how long a run may wait for its workers to be launched (Parsl's
+#: default is 5 s). A tick that has nothing to do costs microseconds; the LocalProvider's own status polling
+#: stays at its 5 s.
+LOCAL_STRATEGY_PERIOD_S = 0.1
 
 
 def _local_htex_config(run_dir: Path, workers: int):
+    """Parsl's HighThroughputExecutor with a LocalProvider, configured through its public options only."""
     from parsl.config import Config
-    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+    from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
 
-    from ..cli import LIBRARY_THREAD_VARIABLES
+    from ..environment import LIBRARY_THREAD_VARIABLES
     cores = available_cores()
-    # Parsl's interchange and worker pool, started ~1 s sooner (worker_pool.py)
-    launcher = [sys.executable, "-m", "twinkles.workflow.worker_pool"]
-    launch_cmd = f"{shlex.join(launcher)} {DEFAULT_LAUNCH_CMD.split(' ', 1)[1]}"
     # one thread per worker for BLAS/OpenMP unless the user says otherwise: workers = cores already fill the CPU
     exports = " ".join(f"{k}=1" for k in LIBRARY_THREAD_VARIABLES if k not in os.environ)
-    htex = _local_htex_class()(
+    htex = HighThroughputExecutor(
         label="local",
-        worker_port=_free_loopback_port(),  # chosen here: the pool starts while the interchange does
-        launch_cmd=launch_cmd,
-        interchange_launch_cmd=launcher + ["--interchange"],
         address="127.0.0.1",
         loopback_address="127.0.0.1",
         max_workers_per_node=workers,
@@ -175,27 +97,17 @@ def _local_htex_config(run_dir: Path, workers: int):
         cores_per_worker=min(1.0, cores / workers),
         encrypted=False,  # loopback only
         # Parsl's interchange loop and this process's result thread wake up every poll_period (ms) when no
-        # message comes; the default 10 ms costs them ~0.15 s of CPU on the 6 s demo, taken from the workers.
-        # Messages are not delayed by it; stopping the executor waits up to one period.
+        # message comes; the default 10 ms costs them CPU taken from the workers. Messages are not delayed by
+        # it; stopping the executor waits up to one period.
         poll_period=50,
         heartbeat_period=2,
         heartbeat_threshold=10,  # workers of a killed run notice within seconds and exit
         worker_logdir_root=str(run_dir),
-        # the block is started by _start_local_block at once (Parsl's poller would wait strategy_period = 5 s)
-        provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=1,
+        provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1,
                                worker_init=f"export {exports}" if exports else ""),
     )
-    return Config(executors=[htex], run_dir=str(run_dir), strategy="none", retries=0, usage_tracking=0)
-
-
-def _start_local_block(dfk) -> None:
-    """Start the worker pool of our local HTEX now rather than at the poller's first tick."""
-    ex = dfk.executors.get("local")
-    if ex is not None and hasattr(ex, "scale_out_facade") and getattr(ex, "provider", None) is not None \
-            and ex.provider.init_blocks == 0:
-        ex.scale_out_facade(1)
-    if hasattr(ex, "confirm_interchange"):
-        ex.confirm_interchange()
+    return Config(executors=[htex], run_dir=str(run_dir), strategy="none",
+                  strategy_period=LOCAL_STRATEGY_PERIOD_S, retries=0, usage_tracking=0)
 
 
 def _threads_config(run_dir: Path, workers: int):
@@ -380,7 +292,7 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
     ``cluster``: settings of a Slurm config (partition, account, nodes_per_block, max_blocks, walltime,
     worker_init).
     """
-    from ..cli import ensure_env_bin_on_path  # HTEX starts interchange.py / process_worker_pool.py from PATH
+    from ..environment import ensure_env_bin_on_path  # HTEX starts interchange.py / process_worker_pool.py
 
     ensure_env_bin_on_path()
     echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -475,7 +387,6 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
             if summary.resumed:
                 echo(f"resuming run {run}: {summary.resumed} job(s) already done")
             dfk = DataFlowKernel(config)
-            _start_local_block(dfk)
             app = python_app(execute_batch, data_flow_kernel=dfk)
             bar = _progress_bar(progress, graph)
             blocks = _BlockRecorder(dfk, store)
