@@ -124,8 +124,8 @@ def load_config_file(path: str | Path, run_dir: Path, workers: int | None, setti
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
     path = Path(path)
     if not path.is_file():
-        raise WorkflowError(f"--executor {path}: no such config file; give local, threads, slurm or the path of "
-                            "a Python file defining make_config(run_dir, workers)")
+        raise WorkflowError(f"--executor {path}: no such config file; give local, threads, slurm, perlmutter or the "
+                            "path of a Python file defining make_config(run_dir, workers)")
     spec = importlib.util.spec_from_file_location(f"twinkles_parsl_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
