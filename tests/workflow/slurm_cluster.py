@@ -91,7 +91,7 @@ MessageTimeout=10
 SlurmdTimeout=60
 InactiveLimit=0
 MinJobAge=60
-NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
+NodeName={node} NodeHostname={hostname} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -107,6 +107,8 @@ class SlurmCluster:
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self.node = NODE
         self.partition = PARTITION
+        #: the node's host name, as Slurm reports it (this machine's)
+        self.hostname = socket.gethostname()
 
     # ------------------------------------------------------------------ start
     def start(self, timeout_s: float = 60.0) -> SlurmCluster:
@@ -116,7 +118,8 @@ class SlurmCluster:
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o400)
-        self.conf.write_text(SLURM_CONF.format(root=self.root, node=NODE, partition=PARTITION, cpus=self.cpus,
+        self.conf.write_text(SLURM_CONF.format(root=self.root, node=NODE, hostname=self.hostname,
+                                               partition=PARTITION, cpus=self.cpus,
                                                mem_mb=_node_memory_mb(), ctld_port=_free_port(),
                                                slurmd_port=_free_port()))
         m = self.root / "munge"
@@ -234,5 +237,4 @@ class SlurmCluster:
         deadline = time.monotonic() + 10
         while self._own_processes() and time.monotonic() < deadline:
             time.sleep(0.1)
-        self.procs_stopped = dict(self.procs)
         self.procs = {}
