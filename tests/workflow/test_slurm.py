@@ -73,9 +73,16 @@ def _files(repo, run="runs/l2"):
 def tiny_field(tmp_path_factory):
     """The tiny field simulated once, and its outputs through the local executor (the reference)."""
     from twinkles.repo import Repository
-    from twinkles.sim import simulate_field
+    from twinkles.sim.simulate import simulate_field
+    from twinkles.stages.runner import run_stage
     root = tmp_path_factory.mktemp("slurm_tiny")
     simulate_field(root / "pristine", preset="tiny", seed=1)
+    # process_eimage's numba kernels give results that differ in the last bits (1e-14 relative, ixx/iyy/ixy) when
+    # compiled in the process against loaded from numba's cache: one job first, so that every run below loads
+    # the cache (the first run of a fresh clone would otherwise differ from the later ones)
+    shutil.copytree(root / "pristine", root / "warmup")
+    run_stage(root / "warmup", "process_eimage", {"visit": 840})
+    shutil.rmtree(root / "warmup")
     shutil.copytree(root / "pristine", root / "local")
     s = run_pipeline(root / "local", executor="local", workers=2, progress=False)
     assert s.ok, s.failures
