@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -130,12 +131,7 @@ def test_cancelled_block_is_recorded_and_its_jobs_retried_on_a_new_block(slurm_e
     repo = make_repo(tmp_path / "repo", [1, 2, 3, 4, 5, 6])
     cancelled = {}
 
-    def cancel_the_block_once_a_job_ran(msg):
-        pass
-
-    import threading
-
-    def canceller():
+    def canceller():  # cancels the (only) block once a job has run on it and it is running more
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -153,7 +149,7 @@ def test_cancelled_block_is_recorded_and_its_jobs_retried_on_a_new_block(slurm_e
     t = threading.Thread(target=canceller, daemon=True)
     t.start()
     s = run_pipeline(repo.root, "wf_check", executor="slurm", retries=1, progress=False,
-                     overrides={"wf_check.sleep_s": "1.0"}, echo=cancel_the_block_once_a_job_ran)
+                     overrides={"wf_check.sleep_s": "1.0"})
     t.join(5)
     assert cancelled, "no block was cancelled: the run ended first"
     assert s.ok, s.failures
