@@ -46,7 +46,8 @@ slurm:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian slurm-wlm and munge for the Slurm tests"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      slurm-wlm munge >/dev/null) || echo "WARNING: could not install slurm-wlm/munge; the Slurm tests will be skipped"; \
+	      slurm-wlm munge >/dev/null) \
+	      || echo "WARNING: could not install slurm-wlm/munge; the Slurm tests will be skipped"; \
 	  else echo "WARNING: slurm-wlm/munge missing and not root: the Slurm tests will be skipped"; fi; \
 	fi
 

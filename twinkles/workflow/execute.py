@@ -18,8 +18,8 @@ registered in one transaction per finished batch, then the job records are updat
 under ``REPO/runinfo``. On a batch-system executor the blocks (Slurm jobs) and their states are recorded every
 few seconds (``workflow_blocks``, shown by ``twinkles status``). Per-job limits (``--job-memory``, ``--job-time``,
 per stage in ``twinkles.yaml``: :mod:`twinkles.workflow.limits`) travel with each job to its worker; a job stopped
-at a limit is failed at once (retried only with ``--retry-exceeded``). Small jobs are batched (several quanta per Parsl task) once their duration is known, so
-the ~40 ms per-task cost of Parsl stays small against the work.
+at a limit is failed at once (retried only with ``--retry-exceeded``). Small jobs are batched (several quanta
+per Parsl task) once their duration is known, so the ~40 ms per-task cost of Parsl stays small against the work.
 """
 
 from __future__ import annotations
