@@ -124,6 +124,9 @@ def test_tiny_field_through_slurm_matches_the_local_executor(slurm_env, tiny_fie
         assert f" {b['job_id']} " in out
     st = collect_status(repo)
     assert sum(b["done"] for b in st["blocks"]) == len(rows)
+    from twinkles.workflow.serve import render_page
+    page = render_page(st, 5.0)
+    assert 'id="blocks"' in page and all(f"<td>{b['job_id']}</td>" in page for b in blocks)
 
 
 def test_cancelled_block_is_recorded_and_its_jobs_retried_on_a_new_block(slurm_env, monkeypatch, tmp_path):
