@@ -28,6 +28,21 @@ STAGES = {"wf_check": "wf_check", "wf_down": "wf_down", "wf_agg": "wf_agg", "wf_
 ENV_VALUE = ",".join(f"{k}={v}" for k, v in STAGES.items())
 
 
+def register_test_stages(mp) -> None:
+    """Register the test stages, with ``mp`` (a pytest MonkeyPatch: undone after the test or fixture), in this
+    process (the stage table) and in every process it starts (TWINKLES_STAGE_MODULES, PYTHONPATH)."""
+    import os
+    from pathlib import Path
+
+    from twinkles.stages import STAGE_MODULES
+    here = str(Path(__file__).resolve().parent)
+    mp.setenv("TWINKLES_STAGE_MODULES", ENV_VALUE)
+    mp.setenv("PYTHONPATH", os.pathsep.join([here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                       if p]))
+    for name, module in STAGES.items():
+        mp.setitem(STAGE_MODULES, name, module)
+
+
 def make_wcs(shape=(64, 64)) -> WCS:
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
