@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ __all__ = [
     "AB_ZERO_POINT_NJY",
     "tan_project",
     "tan_deproject",
+    "pixel_scale_arcsec",
+    "wcs_is_celestial",
 ]
 
 #: AB magnitude of a flux of 1 nJy: mag = 31.4 - 2.5 log10(flux_nJy).
@@ -201,6 +203,14 @@ def tan_deproject(xi_deg, eta_deg, ra0_deg: float, dec0_deg: float):
     return np.degrees(ra) % 360.0, np.degrees(dec)
 
 
+def pixel_scale_arcsec(wcs: WCS) -> float:
+    """Pixel scale (arcsec per pixel) of a celestial WCS at its reference point: the square root of the projected
+    pixel area (``astropy.wcs.utils.proj_plane_pixel_area``), so a rotated or skewed CD matrix gives the scale of
+    a square pixel of the same area."""
+    from astropy.wcs.utils import proj_plane_pixel_area
+    return float(np.sqrt(proj_plane_pixel_area(wcs)) * 3600.0)
+
+
 def wcs_is_celestial(wcs: WCS | None) -> bool:
     return wcs is not None and wcs.has_celestial and wcs.naxis == 2
 
@@ -317,7 +327,3 @@ def _put_metadata(header: fits.Header, key: str, value) -> None:
         if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
             value = str(float(value))
         header[f"HIERARCH META {key.upper()}"] = value.item() if hasattr(value, "item") else value
-
-
-def visit_info_dict(info: VisitInfo) -> dict:
-    return asdict(info)

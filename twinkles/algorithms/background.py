@@ -13,7 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import sep
 
-__all__ = ["BackgroundResult", "estimate_background", "move_residual_background", "grow_mask"]
+__all__ = ["BackgroundResult", "NoUsablePixelsError", "estimate_background", "move_residual_background",
+           "grow_mask"]
+
+
+class NoUsablePixelsError(ValueError):
+    """Every pixel is masked or non-finite: there is nothing to estimate a background from."""
 
 
 @dataclass
@@ -47,7 +52,7 @@ def _sep_background(image: np.ndarray, mask: np.ndarray | None, mesh_px: int, fi
         bad = ~finite if bad is None else bad | ~finite
         data = np.where(finite, data, np.float32(0.0))
     if bad is not None and bad.all():
-        raise ValueError("background: every pixel is masked or non-finite; nothing to estimate from")
+        raise NoUsablePixelsError("background: every pixel is masked or non-finite; nothing to estimate from")
     ny, nx = data.shape
     mesh = int(max(8, min(mesh_px, ny, nx)))
     return sep.Background(data, mask=bad, bw=mesh, bh=mesh, fw=filter_size, fh=filter_size, fthresh=fthresh)
@@ -70,7 +75,8 @@ def move_residual_background(subtracted: np.ndarray, total: np.ndarray, mask: np
     """Re-estimate the background left in a background-subtracted image (sources ``mask``-ed) and move it, in place,
     from ``subtracted`` to ``total`` (the background subtracted so far): ``subtracted -= residual``,
     ``total += residual``, without a full-size image of the residual. Both arrays float32, C-contiguous and of
-    the same shape. Returns the residual's global level and RMS; raises ValueError if every pixel is masked.
+    the same shape. Returns the residual's global level and RMS; raises NoUsablePixelsError if every pixel is
+    masked (ValueError for arrays of the wrong type or shape).
     """
     for name, a in (("subtracted", subtracted), ("total", total)):
         if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != subtracted.shape:

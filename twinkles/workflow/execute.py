@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..repo import Repository, RepositoryError
+from ..repo import Repository, RepositoryError, validate_processing_run
 from ..repo.storage import TMP_MARKER
 from ..stages import StageError
 from ..stages.runner import default_output_run, find_quanta
@@ -301,7 +301,7 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
     if workers is not None and workers < 1:
         raise WorkflowError(f"--workers {workers}: must be >= 1")
     repo = Repository(repo_path)
-    run = run or default_output_run(repo)
+    run = validate_processing_run(run or default_output_run(repo))  # never raw or truth
     repo.ensure_run(run)
     pipe = resolve_pipeline(pipeline, overrides)
     if not pipe.stages:
