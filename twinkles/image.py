@@ -18,6 +18,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from .compression import NO_COMPRESSION, Compression, exposure_steps, image_hdu
 from .psf import PSF, psf_from_hdus
 
 __all__ = [
@@ -263,7 +264,13 @@ class Exposure:
                         self.visit_info, dict(self.metadata))
 
     # ---------------------------------------------------------------- FITS I/O
-    def to_hdulist(self) -> fits.HDUList:
+    def to_hdulist(self, compression: Compression | None = None) -> fits.HDUList:
+        """The Exposure as FITS HDUs: an empty primary (visit info, calibration, metadata), IMAGE (with the WCS),
+        MASK, VARIANCE and the PSF's HDUs. ``compression`` (:class:`~twinkles.compression.Compression`; None:
+        uncompressed) ``lossy`` makes the three planes tile-compressed extensions (lossless masks, quantized
+        floats); the PSF HDUs are left as they are. (``lossless`` files are written by the repository through
+        fitsio from the uncompressed HDUs.)"""
+        compression = compression or NO_COMPRESSION
         primary = fits.PrimaryHDU()
         hdr = primary.header
         if self.visit_info is not None:
@@ -275,12 +282,16 @@ class Exposure:
         image_hdr = wcs_to_header(self.wcs) if self.wcs is not None else fits.Header()
         if self.photo_calib is not None:
             image_hdr["BUNIT"] = "electron"
-        hdus = [primary,
-                fits.ImageHDU(self.image, header=image_hdr, name="IMAGE"),
-                fits.ImageHDU(self.mask, name="MASK"),
-                fits.ImageHDU(self.variance, name="VARIANCE")]
+        mask_hdr = fits.Header()
         for name, bit in MASK_PLANES.items():
-            hdus[2].header[f"HIERARCH MP_{name}"] = bit
+            mask_hdr[f"HIERARCH MP_{name}"] = bit
+        step_image = step_var = None
+        if compression.mode == "lossy":
+            step_image, step_var = exposure_steps(self.variance)
+        hdus = [primary,
+                image_hdu(self.image, "IMAGE", image_hdr, compression, step_image),
+                image_hdu(self.mask, "MASK", mask_hdr, compression),
+                image_hdu(self.variance, "VARIANCE", None, compression, step_var)]
         if self.psf is not None:
             hdus.extend(self.psf.to_hdus())
         return fits.HDUList(hdus)
@@ -294,11 +305,11 @@ class Exposure:
         names = [h.name for h in hdul]
         if "IMAGE" not in names:
             raise ExposureFormatError(f"{source}: no IMAGE extension (extensions: {names})")
-        image_hdu = hdul["IMAGE"]
-        image = np.array(image_hdu.data, dtype=np.float32)
+        img_hdu = hdul["IMAGE"]
+        image = np.array(img_hdu.data, dtype=np.float32)
         mask = np.array(hdul["MASK"].data, dtype=np.int32) if "MASK" in names else None
         variance = np.array(hdul["VARIANCE"].data, dtype=np.float32) if "VARIANCE" in names else None
-        wcs = _quiet_wcs(image_hdu.header) if "CTYPE1" in image_hdu.header else None
+        wcs = _quiet_wcs(img_hdu.header) if "CTYPE1" in img_hdu.header else None
         hdr = hdul[0].header
         psf = psf_from_hdus(hdul)
         metadata = {}

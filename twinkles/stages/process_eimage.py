@@ -30,7 +30,8 @@ import numpy as np
 from astropy.table import Table
 
 from ..algorithms.astrometry import AstrometryError, AstrometryResult, fit_astrometry
-from ..algorithms.background import (BackgroundResult, NoUsablePixelsError, estimate_background, grow_mask,
+from ..algorithms.background import (BackgroundResult, NoUsablePixelsError, estimate_background,
+                                     fit_background_model, grow_mask,
                                      move_residual_background)
 from ..algorithms.cosmic_rays import find_cosmic_rays
 from ..algorithms.detection import DetectionResult, binned_footprints, detect_sources, saturation_mask
@@ -126,6 +127,7 @@ class PhotoCalConfig:
     colour_term: float = 0.0  # colour term used when not fitted (mag per mag of reference colour)
     clip_nsigma: float = 3.0
     max_rms_mag: float = 0.2  # a zero-point scatter worse than this is refused
+    psf_stars_only: bool = True  # calibrate with the PSF stars (all matched stars if fewer than min_stars)
 
 
 @dataclass
@@ -469,14 +471,18 @@ class PhotometricCalibration:
 
 
 def calibrate_photometry(frame: Frame, src: Table, det: DetectionResult, astrom: AstrometryResult, ref_cat: Table,
-                         band: str, apcorr, config: PhotoCalConfig) -> PhotometricCalibration:
-    """The zero point from the clean, unblended astrometric matches with S/N >= min_snr; refused if its scatter
-    exceeds ``max_rms_mag``."""
+                         band: str, apcorr, psf_used: np.ndarray, config: PhotoCalConfig) -> PhotometricCalibration:
+    """The zero point from the clean, unblended astrometric matches with S/N >= min_snr (only the PSF stars among
+    them with ``psf_stars_only``, ``psf_used`` a bool per source); refused if its scatter exceeds ``max_rms_mag``."""
     snr = signal_to_noise(src)
     ref_mag, ref_mag_err, colour = reference_magnitudes(ref_cat, band, config.colour_transform)
     di, ri = astrom.det_index, astrom.ref_index
     ok = (~np.asarray(src["pixelFlags_saturated"])[di] & ~np.asarray(src["pixelFlags_cr"])[di]
           & (det.sources["n_child"][di] == 0) & ~np.asarray(src["psfFlux_flag"])[di] & (snr[di] >= config.min_snr))
+    if config.psf_stars_only and (ok & psf_used[di]).sum() >= config.min_stars:
+        # stars whose profile passed the PSF fit: an unresolved neighbour brightens a star by 1-4% and biased the
+        # zero point by ~2 mmag when every matched star was used (the reference fluxes are the stars' own)
+        ok &= psf_used[di]
     di, ri = di[ok], ri[ok]
     try:
         pcal = fit_zero_point(np.asarray(src["psfFlux"])[di], np.asarray(src["psfFluxErr"])[di], ref_mag[ri],
@@ -610,7 +616,8 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     with timer("astrometry"):
         astrom = calibrate_astrometry(frame, src, ref_cat, exposure.wcs, info.band, config.astrometry)
     with timer("photocal"):
-        photocal = calibrate_photometry(frame, src, det, astrom, ref_cat, info.band, apcorr, config.photocal)
+        photocal = calibrate_photometry(frame, src, det, astrom, ref_cat, info.band, apcorr, psf.used,
+                                        config.photocal)
     with timer("tables"):
         table = source_table(frame, src, det, psf, astrom, photocal, apcorr, visit, detector, info.band,
                              config.measurement)
@@ -628,7 +635,11 @@ def run_quantum(butler, data_id: dict, config: Config) -> dict:
     result = run(exposure, ref_cat, config, data_id, reuse_planes=True)
     did = {"visit": data_id["visit"], "detector": data_id.get("detector", 0)}
     butler.put(result.calexp, "calexp", did)
-    butler.put(result.background, "calexp_background", did)
+    # the background as a model (its mesh and sep's interpolation), checked against the subtracted image
+    sky_rms = result.metadata.get("sky_rms_e")
+    tolerance = 1e-3 * sky_rms if sky_rms and math.isfinite(sky_rms) and sky_rms > 0 else None
+    butler.put(fit_background_model(result.background, config.background.mesh_px, tolerance), "calexp_background",
+               did)
     butler.put(result.src, "src", did)
     butler.put(result.metadata, "process_eimage_metadata", did)
     # the timings go to the job's record, not into the dataset: a re-run must write identical files

@@ -31,8 +31,8 @@ def cmd_run(args) -> int:
         s = run_pipeline(args.repo, pipeline=args.pipeline, executor=args.executor, workers=args.workers,
                          retries=args.retries, run=args.run, query=query, overrides=overrides,
                          progress=None if not args.no_progress else False, batch=args.batch,
-                         job_memory=args.job_memory, job_time=args.job_time, retry_exceeded=args.retry_exceeded,
-                         cluster={k: getattr(args, k) for k in CLUSTER_FLAGS})
+                         no_keep=args.no_keep, job_memory=args.job_memory, job_time=args.job_time,
+                         retry_exceeded=args.retry_exceeded, cluster={k: getattr(args, k) for k in CLUSTER_FLAGS})
     except WorkflowError as exc:
         raise UserError(str(exc)) from None
     for note in s.notes:
@@ -107,6 +107,9 @@ def register(subparsers) -> None:
     s.add_argument("--batch", type=int, default=None,
                    help="quanta per Parsl task (default: adaptive, ~1 s of work per task)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-keep", action="append", default=None, metavar="STAGE|DATASET_TYPE",
+                   help="intermediate outputs (of a stage, or one dataset type) to remove once every job reading "
+                        "them is done, e.g. --no-keep warp (default: storage.no_keep in twinkles.yaml)")
     g = s.add_argument_group("per-job limits (also per stage in twinkles.yaml, section workflow)")
     g.add_argument("--job-memory", help="stop and fail a job whose memory (RSS) goes over this, e.g. 4GB, 500MB")
     g.add_argument("--job-time", help="stop and fail a job running longer than this, e.g. 30m, 90s, 2h, HH:MM:SS")

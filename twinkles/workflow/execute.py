@@ -45,8 +45,8 @@ from .job import execute_batch, log_relpath
 from .pipeline import resolve_pipeline
 from .records import JobStore
 
-__all__ = ["run_pipeline", "RunSummary", "build_parsl_config", "EXECUTORS", "WorkflowError", "available_cores",
-           "NERSC_CONFIG", "SLURM_CONFIG"]
+__all__ = ["run_pipeline", "RunSummary", "IntermediateRemover", "resolve_no_keep", "build_parsl_config", "EXECUTORS",
+           "WorkflowError", "available_cores", "NERSC_CONFIG", "SLURM_CONFIG"]
 
 EXECUTORS = ("local", "threads", "slurm", "perlmutter")
 NERSC_CONFIG = Path(__file__).parent / "configs" / "nersc_perlmutter.py"
@@ -282,15 +282,17 @@ class _Estimator:
 def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", workers: int | None = None,
                  retries: int = 1, run: str | None = None, query: dict | None = None,
                  overrides: dict[str, str] | None = None, progress: bool | None = None,
-                 batch: int | None = None, echo=None, job_memory=None, job_time=None, retry_exceeded: bool = False,
-                 cluster: dict | None = None) -> RunSummary:
+                 batch: int | None = None, echo=None, no_keep: list[str] | None = None, job_memory=None,
+                 job_time=None, retry_exceeded: bool = False, cluster: dict | None = None) -> RunSummary:
     """Run (or resume) a pipeline on a repository; returns a summary. Never raises for a failed job.
 
     ``progress``: show a tqdm bar (None: only on a terminal). ``batch``: fixed quanta per Parsl task (default:
-    adaptive). ``echo``: a function printing status lines (default: stderr). ``job_memory``/``job_time``: per-job
-    limits ("4GB", "30m"; :mod:`twinkles.workflow.limits`); ``retry_exceeded``: retry jobs stopped at a limit too.
-    ``cluster``: settings of a Slurm config (partition, account, nodes_per_block, max_blocks, walltime,
-    worker_init).
+    adaptive). ``echo``: a function printing status lines (default: stderr). ``no_keep``: stages or dataset
+    types whose outputs are intermediates, removed once every job of the pipeline reading them is done (None:
+    ``storage.no_keep`` of twinkles.yaml, if any); see :class:`IntermediateRemover`. ``job_memory``/``job_time``:
+    per-job limits ("4GB", "30m"; :mod:`twinkles.workflow.limits`); ``retry_exceeded``: retry jobs stopped at a
+    limit too. ``cluster``: settings of a Slurm config (partition, account, nodes_per_block, max_blocks,
+    walltime, worker_init).
     """
     from ..environment import ensure_env_bin_on_path  # HTEX starts interchange.py / process_worker_pool.py
 
@@ -306,6 +308,9 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
     pipe = resolve_pipeline(pipeline, overrides)
     if not pipe.stages:
         raise StageError(f"pipeline {pipeline}: none of its stages ({', '.join(pipe.missing)}) is implemented yet")
+    if no_keep is None:
+        no_keep = (repo.config.get("storage") or {}).get("no_keep") or []
+    no_keep_types = resolve_no_keep(pipe, no_keep)
     from .limits import LimitError, stage_limits
     try:
         limits = stage_limits(repo.config, pipe.names, job_memory, job_time)
@@ -326,7 +331,8 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
             echo(f"warning: {cleaned['damaged_inputs']} input file(s) changed size since they were registered "
                  "(truncated?): the jobs reading them will fail; `twinkles check` lists them -- simulate or "
                  "ingest them again")
-        return _orchestrate(repo, run, pipe, executor, workers, retries, query or {}, progress, batch, echo, opts)
+        return _orchestrate(repo, run, pipe, executor, workers, retries, query or {}, progress, batch, echo, opts,
+                            no_keep_types)
 
 
 def _check_submit_command(config) -> None:
@@ -339,7 +345,8 @@ def _check_submit_command(config) -> None:
                                 "run --executor slurm` on the cluster's login node (or use --executor local)")
 
 
-def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, batch, echo, opts) -> RunSummary:
+def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, batch, echo, opts,
+                 no_keep_types=()) -> RunSummary:
     store = JobStore(repo, run)
     previous = store.previous_states()
     run_dir = repo.root / "runinfo"
@@ -389,8 +396,10 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
             dfk = DataFlowKernel(config)
             app = python_app(execute_batch, data_flow_kernel=dfk)
             bar = _progress_bar(progress, graph)
+            remover = IntermediateRemover(repo, store, graph, pipe, no_keep_types) if no_keep_types else None
             blocks = _BlockRecorder(dfk, store)
-            _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, batch, bar, opts, blocks)
+            _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, batch, bar, remover, opts,
+                  blocks)
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user"
         raise
@@ -418,6 +427,15 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
                 why = (f"its input {blocked[0][0]} is made by {blocked[0][1]}, not implemented yet" if blocked
                        else "no matching inputs")
                 summary.notes.append(f"{name}: no quanta ({why})")
+        if no_keep_types and graph is not None and status == "finished":
+            remover = IntermediateRemover(repo, store, graph, pipe, no_keep_types)
+            remover.sweep(graph.jobs())  # (also what an earlier, interrupted invocation had left)
+        if no_keep_types and graph is not None:
+            usage = repo.disk_usage(run)["removed"]
+            gone = {t: usage[t] for t in no_keep_types if t in usage}
+            if gone:
+                summary.notes.append("intermediates removed once read (--no-keep): " + ", ".join(
+                    f"{t} {u['files']} file(s), {u['bytes'] / 1e6:.1f} MB" for t, u in gone.items()))
         if status == "finished" and not summary.ok:
             message = f"{summary.n_failed} failed, {summary.n_skipped} skipped-upstream"
         store.end_invocation(status, message)
@@ -429,6 +447,83 @@ def _progress_bar(progress, graph):
     disable = {True: False, None: None}.get(progress, True)  # None: only on a terminal
     return tqdm(total=graph.n_total, initial=graph.n_settled, unit="job", desc="twinkles run", disable=disable,
                 dynamic_ncols=True, file=sys.stderr)
+
+
+def resolve_no_keep(pipe, names) -> list[str]:
+    """Dataset types named by ``--no-keep`` (stage names stand for all their outputs); each must be made by a
+    stage of the pipeline and read by another, else there would be nothing to wait for."""
+    from ..repo.datasets import DATASET_TYPES
+    if isinstance(names, str):
+        names = [names]
+    out = []
+    for name in [n.strip() for item in names for n in str(item).split(",") if n.strip()]:
+        by_stage = {s.name: s for s in pipe.stages}
+        types = list(by_stage[name].outputs) if name in by_stage else [name]
+        for t in types:
+            if t not in DATASET_TYPES:
+                raise WorkflowError(f"--no-keep {name}: neither a stage of pipeline {pipe.name} "
+                                    f"({', '.join(pipe.names)}) nor a dataset type")
+            makers = [s.name for s in pipe.stages if t in s.outputs]
+            readers = [s.name for s in pipe.stages if s.producers.get(t) in makers and t in s.inputs]
+            if not makers:
+                raise WorkflowError(f"--no-keep {name}: {t} is not made by any stage of pipeline {pipe.name}; "
+                                    "only outputs of the run can be removed")
+            if not readers:
+                if name in by_stage:
+                    continue  # a stage's output nobody in this pipeline reads (e.g. its metadata): kept
+                raise WorkflowError(f"--no-keep {name}: no stage of pipeline {pipe.name} reads {t}; it is a "
+                                    "final product of this pipeline and is kept")
+            if t not in out:
+                out.append(t)
+    return out
+
+
+class IntermediateRemover:
+    """Removes intermediate datasets (``twinkles run --no-keep``) once every job that reads them is done.
+
+    The job graph says who reads what: a dataset of type T made by job P is read by the jobs linked to P of the
+    stages whose inputs include T (:attr:`~twinkles.workflow.graph.Job.readers`). When all those stages are
+    linked (their jobs known) and every reader of P is done, P's outputs of type T are removed: registry rows
+    and files in one transaction (:meth:`~twinkles.repo.Repository.remove_datasets`). A failed or skipped reader
+    keeps them (a later run retries it). A later run that needs them again (a reader redone, a new stage)
+    does P again (the graph revives it)."""
+
+    def __init__(self, repo, store, graph, pipe, types):
+        self.repo, self.store, self.graph = repo, store, graph
+        self.types = list(types)
+        self.makers = {t: {s.name for s in pipe.stages if t in s.outputs} for t in self.types}
+        self.readers = {t: {s.name for s in pipe.stages if t in s.inputs and s.producers.get(t) in self.makers[t]}
+                        for t in self.types}
+
+    def after(self, settled) -> None:
+        """Jobs just finished: their upstream jobs may now have been read by all their readers."""
+        ups = {id(u): u for job in settled for us in job.upstream.values() for u in us}
+        self.sweep(list(ups.values()))
+
+    def sweep(self, jobs) -> None:
+        remove, owners = [], []
+        for job in jobs:
+            if job.status != "done":
+                continue
+            types = [t for t in self.types if job.stage in self.makers[t] and t not in job.outputs_removed
+                     and self._all_read(job, t)]
+            if not types:
+                continue
+            refs = [r for r in self.store.outputs_of(job.stage, job.key) if r.dataset_type in types]
+            if refs:
+                remove.extend(refs)
+                owners.append((job, {r.dataset_type for r in refs}))
+        if remove:
+            self.repo.remove_datasets(remove, reason="intermediate (--no-keep): every job reading it is done")
+            for job, types in owners:
+                job.outputs_removed = tuple(sorted(set(job.outputs_removed) | types))
+
+    def _all_read(self, job, dataset_type) -> bool:
+        stages = self.readers[dataset_type]
+        if not all(self.graph.stages[s].linked for s in stages):
+            return False
+        readers = [r for r in job.readers if r.stage in stages]
+        return bool(readers) and all(r.status == "done" for r in readers)
 
 
 class _BlockRecorder:
@@ -461,8 +556,8 @@ class _BlockRecorder:
             self.store.record_blocks(label, blocks)
 
 
-def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, fixed_batch, bar, opts=None,
-          blocks=None) -> None:
+def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, fixed_batch, bar,
+          remover=None, opts=None, blocks=None) -> None:
     opts = opts or {"limits": {}, "retry_exceeded": False}
     inflight: dict = {}
     est = _Estimator()
@@ -499,7 +594,10 @@ def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries
             break
         finished, _ = cf.wait(list(inflight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
         for fut in finished:
-            _collect(repo, run, graph, store, inflight.pop(fut), fut, retries, est, opts["retry_exceeded"])
+            jobs = inflight.pop(fut)
+            _collect(repo, run, graph, store, jobs, fut, retries, est, opts["retry_exceeded"])
+            if remover is not None:
+                remover.after([j for j in jobs if j.status == "done"])
         if blocks is not None:
             blocks.record()
         new = graph.take_new_jobs()
