@@ -41,7 +41,7 @@ from ..image import Exposure, PhotoCalib, mask_bit
 from ..psf import PSF, ImageGridPSF
 
 __all__ = ["PixelMap", "pixel_mapping", "warp_exposure", "warp_arrays", "transform_psf", "lanczos3",
-           "lanczos_sample", "lanczos_noise_factors", "ResampleError", "LANCZOS_ORDER"]
+           "lanczos_sample", "lanczos_noise_factors", "footprint_or", "ResampleError", "LANCZOS_ORDER"]
 
 LANCZOS_ORDER = 3  # Lanczos-3: 6 taps per axis
 
@@ -383,13 +383,19 @@ def _table() -> np.ndarray:
     return _TABLE_CACHE[0]
 
 
+def footprint_or(mask: np.ndarray) -> np.ndarray:
+    """The mask OR-ed over every pixel's Lanczos-3 footprint (compute it once when warping onto many grids)."""
+    return _footprint_or(np.ascontiguousarray(mask, dtype=np.int32))
+
+
 def warp_arrays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, pixel_map: PixelMap | None,
-                dest_shape: tuple[int, int], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                dest_shape: tuple[int, int], scale: float = 1.0, mask_is_footprint_or: bool = False
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lanczos-3 resampling of (image, variance, mask) through ``pixel_map`` onto a ``dest_shape`` grid.
 
     ``scale`` multiplies the image (and its square the variance), e.g. nJy per electron. Pixels outside the
     map's box or whose kernel footprint leaves the source are NaN with ``NO_DATA``. Returns float32 image and
-    variance and an int32 mask.
+    variance and an int32 mask. ``mask_is_footprint_or``: ``mask`` is already :func:`footprint_or` of the mask.
     """
     ny, nx = dest_shape
     nodata = np.int32(mask_bit("NO_DATA"))
@@ -400,7 +406,7 @@ def warp_arrays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, pixel
         return out_img, out_var, out_msk
     x0, y0, x1, y1 = pixel_map.bbox
     _warp_kernel(np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(variance, dtype=np.float32),
-                 _footprint_or(np.ascontiguousarray(mask, dtype=np.int32)), pixel_map.u, pixel_map.v, pixel_map.jac,
+                 np.ascontiguousarray(mask, np.int32) if mask_is_footprint_or else footprint_or(mask), pixel_map.u, pixel_map.v, pixel_map.jac,
                  float(pixel_map.gx0), float(pixel_map.gy0), float(pixel_map.step), int(x0), int(y0), int(x1),
                  int(y1), float(scale), nodata, _table(), out_img, out_var, out_msk)
     return out_img, out_var, out_msk
@@ -408,7 +414,7 @@ def warp_arrays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, pixel
 
 def warp_exposure(exposure: Exposure, dest_wcs: WCS, dest_shape: tuple[int, int], kernel: str = "lanczos3",
                   grid_step_px: int = 32, to_njy: bool = True, psf_grid: int = 5, psf_size: int | None = None,
-                  pixel_map: PixelMap | None = None) -> Exposure:
+                  pixel_map: PixelMap | None = None, footprint_mask: np.ndarray | None = None) -> Exposure:
     """Resample an exposure onto ``dest_wcs`` / ``dest_shape`` (Lanczos-3; variance and mask propagated).
 
     With ``to_njy`` (and a ``photo_calib``) the result is in nJy (``photo_calib = PhotoCalib(1.0)``), else in the
@@ -416,6 +422,7 @@ def warp_exposure(exposure: Exposure, dest_wcs: WCS, dest_shape: tuple[int, int]
     (:func:`transform_psf`, ``psf_grid`` x ``psf_grid`` positions over the covered box) when the input has one.
     Its metadata: the input's, plus ``n_good_pixels`` (pixels not NO_DATA) and ``bbox`` of the covered box.
     Works for any two celestial WCSs (TAN or TAN-SIP each way), e.g. a template onto a visit for DIA.
+    ``footprint_mask``: :func:`footprint_or` of the exposure's mask, when warping one exposure onto many grids.
     """
     if kernel.lower() != "lanczos3":
         raise ResampleError(f"resampling kernel {kernel!r} is not available; use lanczos3")
@@ -426,7 +433,9 @@ def warp_exposure(exposure: Exposure, dest_wcs: WCS, dest_shape: tuple[int, int]
     scale, calib = 1.0, exposure.photo_calib
     if to_njy and exposure.photo_calib is not None:
         scale, calib = float(exposure.photo_calib.njy_per_electron), PhotoCalib(1.0)
-    img, var, msk = warp_arrays(exposure.image, exposure.variance, exposure.mask, pixel_map, dest_shape, scale)
+    mask = exposure.mask if footprint_mask is None else footprint_mask
+    img, var, msk = warp_arrays(exposure.image, exposure.variance, mask, pixel_map, dest_shape, scale,
+                                mask_is_footprint_or=footprint_mask is not None)
     psf = None
     if exposure.psf is not None and pixel_map is not None:
         psf = transform_psf(exposure.psf, pixel_map, n_grid=psf_grid, size=psf_size)
