@@ -17,7 +17,7 @@ Pure functions of arrays and PSF objects.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage, signal
@@ -81,7 +81,6 @@ class MatchResult:
     mask: np.ndarray
     kernel_size: int
     max_residual: float  # worst max|P * K - M| / max M over the kernel nodes
-    psf_fwhm_px: list = field(default_factory=list)  # the input PSF's FWHM at each node
 
 
 def match_to_model(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, psf: PSF, model: PSF,
@@ -111,26 +110,33 @@ def match_to_model(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, ps
     wy = hat_weights(np.arange(y0, y1), ys)
     out = np.zeros_like(sub)
     outv = np.zeros_like(subv)
-    worst, fwhms = 0.0, []
+    worst = 0.0
+    half = kernel_size // 2
     for j, y in enumerate(ys):
+        # a node's hat weight is non-zero only between its neighbours: convolve that part (+ the kernel's reach)
+        rows = np.nonzero(wy[j] > 0)[0]
+        r0, r1 = rows[0], rows[-1] + 1
+        p0, p1 = max(0, r0 - half), min(sub.shape[0], r1 + half)
         for i, x in enumerate(xs):
+            cols = np.nonzero(wx[i] > 0)[0]
+            c0, c1 = cols[0], cols[-1] + 1
+            q0, q1 = max(0, c0 - half), min(sub.shape[1], c1 + half)
             p = psf.kernel_image(float(x), float(y), stamp)
-            fwhms.append(float(psf.fwhm(float(x), float(y))))
             k, resid = model_matching_kernel(p, model_stamp, kernel_size)
             worst = max(worst, resid)
-            w = wy[j][:, None] * wx[i][None, :]
-            out += w * signal.oaconvolve(sub, k, mode="same")
-            outv += w * signal.oaconvolve(subv, k * k, mode="same")
+            w = wy[j][r0:r1, None] * wx[i][None, c0:c1]
+            inner = (slice(r0 - p0, r1 - p0), slice(c0 - q0, c1 - q0))
+            out[r0:r1, c0:c1] += w * signal.oaconvolve(sub[p0:p1, q0:q1], k, mode="same")[inner]
+            outv[r0:r1, c0:c1] += w * signal.oaconvolve(subv[p0:p1, q0:q1], k * k, mode="same")[inner]
     img_out = np.array(image, np.float32, copy=True)
     var_out = np.array(variance, np.float32, copy=True)
     img_out[y0:y1, x0:x1] = out
     var_out[y0:y1, x0:x1] = outv
-    half = kernel_size // 2
     grown = _grow_planes(np.asarray(mask, np.int32), half)
     nodata = (grown & mask_bit("NO_DATA")) != 0
     img_out[nodata] = np.nan
     var_out[nodata] = np.nan
-    return MatchResult(img_out, var_out, grown, kernel_size, worst, fwhms)
+    return MatchResult(img_out, var_out, grown, kernel_size, worst)
 
 
 def _grow_planes(mask: np.ndarray, radius: int) -> np.ndarray:
