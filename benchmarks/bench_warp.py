@@ -195,6 +195,29 @@ def run_swarp(swarp: str, images, weights, sky, shape, workdir: Path) -> tuple[d
 
 
 # ----------------------------------------------------------------------------------------------- ours
+def _accumulate(num, den, var, image, variance, w):
+    """num += w I, den += w, var += w^2 V where the warp has data (finite image): one compiled pass."""
+    from numba import njit
+
+    global _accumulate_kernel
+    if _accumulate_kernel is None:
+        @njit(nogil=True, cache=True)
+        def kernel(num, den, var, image, variance, w):  # pragma: no cover - compiled
+            ny, nx = image.shape
+            for y in range(ny):
+                for x in range(nx):
+                    v = image[y, x]
+                    if v == v:
+                        num[y, x] += w * v
+                        den[y, x] += w
+                        var[y, x] += w * w * variance[y, x]
+        _accumulate_kernel = kernel
+    _accumulate_kernel(num, den, var, image, variance, w)
+
+
+_accumulate_kernel = None
+
+
 class WeightedMean:
     """STAND-IN for assemble_coadd: the weighted mean of the warps, weight 1 / mean variance of each warp.
 
@@ -213,9 +236,7 @@ class WeightedMean:
         from twinkles.image import mask_bit
         good = (warp.mask & mask_bit("NO_DATA")) == 0
         w = 1.0 / float(np.mean(warp.variance[good]))
-        np.add(self.num, w * np.where(good, warp.image, 0.0), out=self.num)
-        np.add(self.den, np.where(good, w, 0.0), out=self.den)
-        np.add(self.var, np.where(good, w * w * np.nan_to_num(warp.variance), 0.0), out=self.var)
+        _accumulate(self.num, self.den, self.var, warp.image, warp.variance, w)
 
     def finish(self, wcs):
         from twinkles.image import Exposure, PhotoCalib, mask_bit

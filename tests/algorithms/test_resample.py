@@ -348,3 +348,15 @@ def test_transform_psf_identity():
     g = GaussianPSF(3.0, 25)
     t = transform_psf(g, pm, n_grid=2)
     assert np.allclose(t.kernel_image(100, 100), g.kernel_image(0, 0), atol=1e-7)
+
+
+def test_footprint_or_matches_brute_force():
+    from twinkles.algorithms.resample import footprint_or
+    rng = np.random.default_rng(0)
+    for shape in [(20, 17), (5, 4), (1, 9), (33, 2)]:
+        m = ((rng.random(shape) < 0.05) * rng.integers(1, 1024, shape)).astype(np.int32)
+        ref = np.zeros_like(m)
+        for r in range(shape[0]):
+            for c in range(shape[1]):
+                ref[r, c] = np.bitwise_or.reduce(m[max(0, r - 2):r + 4, max(0, c - 2):c + 4], axis=None)
+        assert (footprint_or(m) == ref).all(), shape
