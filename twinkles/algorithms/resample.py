@@ -417,12 +417,19 @@ def warp_arrays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, pixel
     """
     ny, nx = dest_shape
     nodata = np.int32(mask_bit("NO_DATA"))
-    out_img = np.full((ny, nx), np.nan, np.float32)
-    out_var = np.full((ny, nx), np.nan, np.float32)
-    out_msk = np.full((ny, nx), nodata, np.int32)
     if pixel_map is None:
-        return out_img, out_var, out_msk
+        return (np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32),
+                np.full((ny, nx), nodata, np.int32))
     x0, y0, x1, y1 = pixel_map.bbox
+    # the kernel writes every pixel of the box: only the rest is filled here
+    out_img = np.empty((ny, nx), np.float32)
+    out_var = np.empty((ny, nx), np.float32)
+    out_msk = np.empty((ny, nx), np.int32)
+    for plane, fill in ((out_img, np.nan), (out_var, np.nan), (out_msk, nodata)):
+        plane[:y0] = fill
+        plane[y1:] = fill
+        plane[y0:y1, :x0] = fill
+        plane[y0:y1, x1:] = fill
     _warp_kernel(np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(variance, dtype=np.float32),
                  np.ascontiguousarray(mask, np.int32) if mask_is_footprint_or else footprint_or(mask),
                  pixel_map.u, pixel_map.v, pixel_map.jac,
