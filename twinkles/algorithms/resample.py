@@ -168,6 +168,7 @@ def _warp_kernel(img, var, msk, gu, gv, gj, gx0, gy0, step, bx0, by0, bx1, by1, 
     umax = nx_s - 3.0
     vmax = ny_s - 3.0
     nan = np.float32(np.nan)
+    n_good = 0
     for y in range(by0, by1):
         gy = (y - gy0) / step
         j = int(math.floor(gy))
@@ -216,6 +217,8 @@ def _warp_kernel(img, var, msk, gu, gv, gj, gx0, gy0, step, bx0, by0, bx1, by1, 
             out_img[y, x] = acc * f
             out_var[y, x] = accv * f * f
             out_msk[y, x] = msk[iv, iu]
+            n_good += 1
+    return n_good
 
 
 @njit(cache=True, nogil=True)
@@ -425,19 +428,21 @@ def footprint_or(mask: np.ndarray) -> np.ndarray:
 
 
 def warp_arrays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, pixel_map: PixelMap | None,
-                dest_shape: tuple[int, int], scale: float = 1.0, mask_is_footprint_or: bool = False
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                dest_shape: tuple[int, int], scale: float = 1.0, mask_is_footprint_or: bool = False,
+                count_good: bool = False) -> tuple:
     """Lanczos-3 resampling of (image, variance, mask) through ``pixel_map`` onto a ``dest_shape`` grid.
 
     ``scale`` multiplies the image (and its square the variance), e.g. nJy per electron. Pixels outside the
     map's box or whose kernel footprint leaves the source are NaN with ``NO_DATA``. Returns float32 image and
     variance and an int32 mask. ``mask_is_footprint_or``: ``mask`` is already :func:`footprint_or` of the mask.
+    With ``count_good`` also the number of pixels with data (a fourth element).
     """
     ny, nx = dest_shape
     nodata = np.int32(mask_bit("NO_DATA"))
     if pixel_map is None:
-        return (np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32),
-                np.full((ny, nx), nodata, np.int32))
+        planes = (np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32),
+                  np.full((ny, nx), nodata, np.int32))
+        return (*planes, 0) if count_good else planes
     x0, y0, x1, y1 = pixel_map.bbox
     # the kernel writes every pixel of the box: only the rest is filled here
     out_img = np.empty((ny, nx), np.float32)
@@ -448,12 +453,13 @@ def warp_arrays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, pixel
         plane[y1:] = fill
         plane[y0:y1, :x0] = fill
         plane[y0:y1, x1:] = fill
-    _warp_kernel(np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(variance, dtype=np.float32),
-                 np.ascontiguousarray(mask, np.int32) if mask_is_footprint_or else footprint_or(mask),
-                 pixel_map.u, pixel_map.v, pixel_map.jac,
-                 float(pixel_map.gx0), float(pixel_map.gy0), float(pixel_map.step), int(x0), int(y0), int(x1),
-                 int(y1), float(scale), nodata, _table(), out_img, out_var, out_msk)
-    return out_img, out_var, out_msk
+    n_good = _warp_kernel(np.ascontiguousarray(image, dtype=np.float32),
+                          np.ascontiguousarray(variance, dtype=np.float32),
+                          np.ascontiguousarray(mask, np.int32) if mask_is_footprint_or else footprint_or(mask),
+                          pixel_map.u, pixel_map.v, pixel_map.jac, float(pixel_map.gx0), float(pixel_map.gy0),
+                          float(pixel_map.step), int(x0), int(y0), int(x1), int(y1), float(scale), nodata, _table(),
+                          out_img, out_var, out_msk)
+    return (out_img, out_var, out_msk, int(n_good)) if count_good else (out_img, out_var, out_msk)
 
 
 def warp_exposure(exposure: Exposure, dest_wcs: WCS, dest_shape: tuple[int, int], kernel: str = "lanczos3",
@@ -478,13 +484,13 @@ def warp_exposure(exposure: Exposure, dest_wcs: WCS, dest_shape: tuple[int, int]
     if to_njy and exposure.photo_calib is not None:
         scale, calib = float(exposure.photo_calib.njy_per_electron), PhotoCalib(1.0)
     mask = exposure.mask if footprint_mask is None else footprint_mask
-    img, var, msk = warp_arrays(exposure.image, exposure.variance, mask, pixel_map, dest_shape, scale,
-                                mask_is_footprint_or=footprint_mask is not None)
+    img, var, msk, n_good = warp_arrays(exposure.image, exposure.variance, mask, pixel_map, dest_shape, scale,
+                                        mask_is_footprint_or=footprint_mask is not None, count_good=True)
     psf = None
     if exposure.psf is not None and pixel_map is not None:
         psf = transform_psf(exposure.psf, pixel_map, n_grid=psf_grid, size=psf_size)
     meta = dict(exposure.metadata)
-    meta["n_good_pixels"] = int(np.count_nonzero((msk & mask_bit("NO_DATA")) == 0))
+    meta["n_good_pixels"] = n_good
     if pixel_map is not None:
         meta["bbox"] = " ".join(str(v) for v in pixel_map.bbox)
     return Exposure(img, msk, var, dest_wcs.deepcopy(), psf, calib, exposure.visit_info, meta)
