@@ -9,19 +9,19 @@ PYTEST_ARGS ?= -m "not slow"
 .PHONY: demo test test-all install install-test browser bench clean-demo
 
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "twinkles needs Python 3.11, found " + sys.version.split()[0] + ": set PYTHON=/path/to/python3.11"'
+	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 13), "twinkles needs Python 3.11 to 3.13, found " + sys.version.split()[0] + ": set PYTHON=/path/to/python3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # compileall: an editable install leaves twinkles' own modules uncompiled, and where PYTHONDONTWRITEBYTECODE is
 # set every process (each workflow worker, each `twinkles` command) would compile them again (~0.1 CPU-s)
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet -e . -c constraints.txt
 	$(BIN)/python -m compileall -q twinkles
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' -c constraints.txt
 	@touch $@
 
 install: $(VENV)/.installed

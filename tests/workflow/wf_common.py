@@ -49,7 +49,8 @@ def make_eimage(visit: int, shape=(64, 64), nan: bool = False, wcs: bool = True,
 def make_repo(root, visits, bad: dict | None = None) -> Repository:
     """A repository with one eimage per visit (detector 0); ``bad``: {visit: "corrupt" | "nan" | "nowcs"}."""
     bad = bad or {}
-    repo = Repository.create(root)
+    # uncompressed images: the tests compare the stages' numbers with the images' exactly, and files byte for byte
+    repo = Repository.create(root, {"storage": {"compression": "none"}})
     for v in visits:
         kind = bad.get(v)
         ref = repo.put(make_eimage(v, nan=kind == "nan", wcs=kind != "nowcs"), "eimage", {"visit": v, "detector": 0})
@@ -64,3 +65,13 @@ def job_rows(repo, run="runs/l2") -> list[dict]:
     """The job records of a run, as dicts, by stage and visit."""
     with repo.read_only() as conn:
         return [dict(r) for r in conn.execute("SELECT * FROM jobs WHERE run=? ORDER BY stage, visit", (run,))]
+
+
+def whoami() -> dict:
+    """A Parsl app body: which process ran it, its parent's command line and its Python."""
+    import os
+    import sys
+
+    import psutil
+    me = psutil.Process()
+    return {"pid": os.getpid(), "pool": " ".join(me.parent().cmdline()), "executable": sys.executable}

@@ -8,20 +8,27 @@ __all__ = ["register"]
 
 
 def _overrides(items):
-    from ..cli import _parse_overrides
-    return _parse_overrides(items)
+    from ..stages import parse_overrides
+    return parse_overrides(items)
 
 
 def cmd_run(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from ..repo import parse_id_args
     from .execute import WorkflowError, run_pipeline
 
     query = parse_id_args(args.id or [])
+    overrides = _overrides(args.config)
+    from ..startup import frozen_imports
+    from .pipeline import resolve_pipeline
+    with frozen_imports():  # the stages' scientific stack and Parsl, frozen once imported (see startup.py)
+        import parsl.dataflow.dflow  # noqa: F401
+        resolve_pipeline(args.pipeline, overrides)
     try:
         s = run_pipeline(args.repo, pipeline=args.pipeline, executor=args.executor, workers=args.workers,
-                         retries=args.retries, run=args.run, query=query, overrides=_overrides(args.config),
-                         progress=None if not args.no_progress else False, batch=args.batch)
+                         retries=args.retries, run=args.run, query=query, overrides=overrides,
+                         progress=None if not args.no_progress else False, batch=args.batch,
+                         no_keep=args.no_keep)
     except WorkflowError as exc:
         raise UserError(str(exc)) from None
     for note in s.notes:
@@ -55,13 +62,13 @@ def cmd_serve(args) -> int:
     try:
         serve(args.repo, port=args.port, run=args.run, refresh=args.refresh)
     except OSError as exc:
-        from ..cli import UserError
+        from ..errors import UserError
         raise UserError(f"cannot serve on 127.0.0.1:{args.port} ({exc}); choose another --port") from None
     return 0
 
 
 def cmd_report(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from .report import ReportError, write_report
     try:
         path = write_report(args.repo, args.run)
@@ -95,6 +102,9 @@ def register(subparsers) -> None:
     s.add_argument("--batch", type=int, default=None,
                    help="quanta per Parsl task (default: adaptive, ~1 s of work per task)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-keep", action="append", default=None, metavar="STAGE|DATASET_TYPE",
+                   help="intermediate outputs (of a stage, or one dataset type) to remove once every job reading "
+                        "them is done, e.g. --no-keep warp (default: storage.no_keep in twinkles.yaml)")
     s.set_defaults(func=cmd_run)
 
     s = subparsers.add_parser("status", help="progress per stage and failures of the latest run")

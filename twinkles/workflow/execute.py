@@ -4,9 +4,8 @@ Executors (``--executor``):
 
 * ``local`` (default): Parsl's HighThroughputExecutor with a LocalProvider on this machine, one worker per core
   (``--workers`` to change); workers are separate processes, so per-job CPU and memory are measured exactly.
-  Its interchange and worker pool are started through :mod:`twinkles.workflow.worker_pool` (lean Parsl import,
-  workers forked from a fork server), the pool while the interchange starts (``LocalHTEX``: the worker port is
-  chosen beforehand): the first job starts ~0.25 s after the run's start instead of ~1.25 s;
+  Stock Parsl, configured through its public options only (one block started at once, a prefetched task per
+  worker, a 50 ms poll period, short heartbeats);
 * ``threads``: Parsl's ThreadPoolExecutor in this process (tests, debugging);
 * ``slurm``: the NERSC Perlmutter example shipped in ``twinkles/workflow/configs/nersc_perlmutter.py``;
 * ``CONFIG.py``: any Python file defining ``make_config(run_dir, workers)`` returning a ``parsl.config.Config``
@@ -26,14 +25,13 @@ import dataclasses
 import fcntl
 import importlib.util
 import os
-import shlex
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..repo import Repository, RepositoryError
+from ..repo import Repository, RepositoryError, validate_processing_run
 from ..repo.storage import TMP_MARKER
 from ..stages import StageError
 from ..stages.runner import default_output_run, find_quanta
@@ -42,7 +40,8 @@ from .job import execute_batch, log_relpath
 from .pipeline import resolve_pipeline
 from .records import JobStore
 
-__all__ = ["run_pipeline", "RunSummary", "build_parsl_config", "EXECUTORS", "WorkflowError", "available_cores",
+__all__ = ["run_pipeline", "RunSummary", "IntermediateRemover", "resolve_no_keep", "build_parsl_config", "EXECUTORS",
+           "WorkflowError", "available_cores",
            "NERSC_CONFIG"]
 
 EXECUTORS = ("local", "threads", "slurm")
@@ -65,101 +64,25 @@ def available_cores() -> int:
 
 
 # ---------------------------------------------------------------------------------------------- Parsl configs
-def _free_loopback_port(low: int = 20000, high: int = 30000) -> int:
-    """A TCP port free on 127.0.0.1 now, below Linux's ephemeral range (which outgoing connections draw from)."""
-    import random
-    for port in random.Random().sample(range(low, high), 200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise WorkflowError(f"no free TCP port in {low}-{high} on 127.0.0.1 for Parsl's interchange")
-
-
-def _local_htex_class():
-    from parsl.executors import HighThroughputExecutor
-
-    class LocalHTEX(HighThroughputExecutor):
-        """Parsl's HighThroughputExecutor whose worker pool is launched while its interchange starts.
-
-        Parsl launches the interchange, waits for it to report the port it bound for workers (~0.1 s: a Python
-        start-up and imports), and only then can the pool be launched, since its command line holds that port.
-        Here the port is chosen first (a free loopback port, passed as ``worker_port``), Parsl's own start-up code
-        runs with that wait deferred, and :func:`_start_local_block` launches the pool at once, then confirms the
-        interchange is up (:meth:`confirm_interchange`) -- the pool, which takes as long to import, finds it
-        listening."""
-
-        def _start_local_interchange_process(self) -> None:
-            port = self.worker_port
-            client = self.command_client
-            if port is None:
-                return super()._start_local_interchange_process()
-            client.run = lambda message, *a, **k: port if message == "WORKER_BINDS" else type(client).run(
-                client, message, *a, **k)
-            try:
-                super()._start_local_interchange_process()
-            finally:
-                del client.run
-            self._interchange_confirmed = False
-
-        def confirm_interchange(self, timeout_s: float = 60.0) -> None:
-            """Wait until the interchange has bound the chosen worker port (its log says so) and answers on its
-            command channel; fail at once, naming its log, if it exits first (e.g. another program took the
-            port between our check and its bind)."""
-            if getattr(self, "_interchange_confirmed", True):
-                return
-            try:
-                self._wait_for_interchange(timeout_s)
-            except WorkflowError:
-                # the pool launched beside it cannot connect: stop it, and let later commands fail at once
-                # (the interchange will not answer them) rather than wait for ever
-                self.provider.cancel(list(self.blocks_to_job_id.values()))
-                self.command_client.ok = False
-                raise
-            self._interchange_confirmed = True
-
-        def _wait_for_interchange(self, timeout_s: float) -> None:
-            log = Path(self.logdir) / "interchange.log"
-            bound_line = f"Bound to port {self.worker_port} for incoming worker connections"
-            deadline = time.monotonic() + timeout_s
-            while not (log.exists() and bound_line in log.read_text(errors="replace")):
-                if self.interchange_proc.poll() is not None:
-                    raise WorkflowError(f"Parsl's interchange exited at start (code {self.interchange_proc.returncode}"
-                                        f"); see {log}. Run again: another worker port is chosen")
-                if time.monotonic() > deadline:
-                    raise WorkflowError(f"Parsl's interchange did not bind port {self.worker_port} within "
-                                        f"{timeout_s:.0f} s; see {log}")
-                time.sleep(0.003)
-            try:
-                bound = self.command_client.run("WORKER_BINDS", timeout_s=max(1.0, deadline - time.monotonic()))
-            except Exception as exc:  # noqa: BLE001 - Parsl's CommandClientTimeoutError and the like
-                raise WorkflowError(f"Parsl's interchange did not answer ({type(exc).__name__}: {exc}); see "
-                                    f"{log}") from exc
-            if bound != self.worker_port:
-                raise WorkflowError(f"Parsl's interchange bound worker port {bound}, not {self.worker_port}")
-
-    return LocalHTEX
+#: seconds between the ticks of Parsl's block poller; the first tick after the executor started launches the
+#: ``init_blocks`` block, so this is also how long a run may wait for its workers to be launched (Parsl's
+#: default is 5 s). A tick that has nothing to do costs microseconds; the LocalProvider's own status polling
+#: stays at its 5 s.
+LOCAL_STRATEGY_PERIOD_S = 0.1
 
 
 def _local_htex_config(run_dir: Path, workers: int):
+    """Parsl's HighThroughputExecutor with a LocalProvider, configured through its public options only."""
     from parsl.config import Config
-    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+    from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
 
-    from ..cli import LIBRARY_THREAD_VARIABLES
+    from ..environment import LIBRARY_THREAD_VARIABLES
     cores = available_cores()
-    # Parsl's interchange and worker pool, started ~1 s sooner (worker_pool.py)
-    launcher = [sys.executable, "-m", "twinkles.workflow.worker_pool"]
-    launch_cmd = f"{shlex.join(launcher)} {DEFAULT_LAUNCH_CMD.split(' ', 1)[1]}"
     # one thread per worker for BLAS/OpenMP unless the user says otherwise: workers = cores already fill the CPU
     exports = " ".join(f"{k}=1" for k in LIBRARY_THREAD_VARIABLES if k not in os.environ)
-    htex = _local_htex_class()(
+    htex = HighThroughputExecutor(
         label="local",
-        worker_port=_free_loopback_port(),  # chosen here: the pool starts while the interchange does
-        launch_cmd=launch_cmd,
-        interchange_launch_cmd=launcher + ["--interchange"],
         address="127.0.0.1",
         loopback_address="127.0.0.1",
         max_workers_per_node=workers,
@@ -167,27 +90,17 @@ def _local_htex_config(run_dir: Path, workers: int):
         cores_per_worker=min(1.0, cores / workers),
         encrypted=False,  # loopback only
         # Parsl's interchange loop and this process's result thread wake up every poll_period (ms) when no
-        # message comes; the default 10 ms costs them ~0.15 s of CPU on the 6 s demo, taken from the workers.
-        # Messages are not delayed by it; stopping the executor waits up to one period.
+        # message comes; the default 10 ms costs them CPU taken from the workers. Messages are not delayed by
+        # it; stopping the executor waits up to one period.
         poll_period=50,
         heartbeat_period=2,
         heartbeat_threshold=10,  # workers of a killed run notice within seconds and exit
         worker_logdir_root=str(run_dir),
-        # the block is started by _start_local_block at once (Parsl's poller would wait strategy_period = 5 s)
-        provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=1,
+        provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1,
                                worker_init=f"export {exports}" if exports else ""),
     )
-    return Config(executors=[htex], run_dir=str(run_dir), strategy="none", retries=0, usage_tracking=0)
-
-
-def _start_local_block(dfk) -> None:
-    """Start the worker pool of our local HTEX now rather than at the poller's first tick."""
-    ex = dfk.executors.get("local")
-    if ex is not None and hasattr(ex, "scale_out_facade") and getattr(ex, "provider", None) is not None \
-            and ex.provider.init_blocks == 0:
-        ex.scale_out_facade(1)
-    if hasattr(ex, "confirm_interchange"):
-        ex.confirm_interchange()
+    return Config(executors=[htex], run_dir=str(run_dir), strategy="none",
+                  strategy_period=LOCAL_STRATEGY_PERIOD_S, retries=0, usage_tracking=0)
 
 
 def _threads_config(run_dir: Path, workers: int):
@@ -338,13 +251,15 @@ class _Estimator:
 def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", workers: int | None = None,
                  retries: int = 1, run: str | None = None, query: dict | None = None,
                  overrides: dict[str, str] | None = None, progress: bool | None = None,
-                 batch: int | None = None, echo=None) -> RunSummary:
+                 batch: int | None = None, echo=None, no_keep: list[str] | None = None) -> RunSummary:
     """Run (or resume) a pipeline on a repository; returns a summary. Never raises for a failed job.
 
     ``progress``: show a tqdm bar (None: only on a terminal). ``batch``: fixed quanta per Parsl task (default:
-    adaptive). ``echo``: a function printing status lines (default: stderr).
+    adaptive). ``echo``: a function printing status lines (default: stderr). ``no_keep``: stages or dataset
+    types whose outputs are intermediates, removed once every job of the pipeline reading them is done (None:
+    ``storage.no_keep`` of twinkles.yaml, if any); see :class:`IntermediateRemover`.
     """
-    from ..cli import ensure_env_bin_on_path  # HTEX starts interchange.py / process_worker_pool.py from PATH
+    from ..environment import ensure_env_bin_on_path  # HTEX starts interchange.py / process_worker_pool.py
 
     ensure_env_bin_on_path()
     echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -353,11 +268,14 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
     if workers is not None and workers < 1:
         raise WorkflowError(f"--workers {workers}: must be >= 1")
     repo = Repository(repo_path)
-    run = run or default_output_run(repo)
+    run = validate_processing_run(run or default_output_run(repo))  # never raw or truth
     repo.ensure_run(run)
     pipe = resolve_pipeline(pipeline, overrides)
     if not pipe.stages:
         raise StageError(f"pipeline {pipeline}: none of its stages ({', '.join(pipe.missing)}) is implemented yet")
+    if no_keep is None:
+        no_keep = (repo.config.get("storage") or {}).get("no_keep") or []
+    no_keep_types = resolve_no_keep(pipe, no_keep)
     with _repo_lock(repo):
         cleaned = repo.check(fix=True)
         if cleaned["temporary_files"] or cleaned["missing_files"] or cleaned["damaged_files"]:
@@ -368,7 +286,8 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
             echo(f"warning: {cleaned['damaged_inputs']} input file(s) changed size since they were registered "
                  "(truncated?): the jobs reading them will fail; `twinkles check` lists them -- simulate or "
                  "ingest them again")
-        return _orchestrate(repo, run, pipe, executor, workers, retries, query or {}, progress, batch, echo)
+        return _orchestrate(repo, run, pipe, executor, workers, retries, query or {}, progress, batch, echo,
+                            no_keep_types)
 
 
 def _check_submit_command(config) -> None:
@@ -381,7 +300,8 @@ def _check_submit_command(config) -> None:
                                 "run --executor slurm` on the cluster's login node (or use --executor local)")
 
 
-def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, batch, echo) -> RunSummary:
+def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, batch, echo,
+                 no_keep_types=()) -> RunSummary:
     store = JobStore(repo, run)
     previous = store.previous_states()
     run_dir = repo.root / "runinfo"
@@ -427,10 +347,10 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
             if summary.resumed:
                 echo(f"resuming run {run}: {summary.resumed} job(s) already done")
             dfk = DataFlowKernel(config)
-            _start_local_block(dfk)
             app = python_app(execute_batch, data_flow_kernel=dfk)
             bar = _progress_bar(progress, graph)
-            _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, batch, bar)
+            remover = IntermediateRemover(repo, store, graph, pipe, no_keep_types) if no_keep_types else None
+            _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, batch, bar, remover)
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user"
         raise
@@ -457,6 +377,15 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
                 why = (f"its input {blocked[0][0]} is made by {blocked[0][1]}, not implemented yet" if blocked
                        else "no matching inputs")
                 summary.notes.append(f"{name}: no quanta ({why})")
+        if no_keep_types and graph is not None and status == "finished":
+            remover = IntermediateRemover(repo, store, graph, pipe, no_keep_types)
+            remover.sweep(graph.jobs())  # (also what an earlier, interrupted invocation had left)
+        if no_keep_types and graph is not None:
+            usage = repo.disk_usage(run)["removed"]
+            gone = {t: usage[t] for t in no_keep_types if t in usage}
+            if gone:
+                summary.notes.append("intermediates removed once read (--no-keep): " + ", ".join(
+                    f"{t} {u['files']} file(s), {u['bytes'] / 1e6:.1f} MB" for t, u in gone.items()))
         if status == "finished" and not summary.ok:
             message = f"{summary.n_failed} failed, {summary.n_skipped} skipped-upstream"
         store.end_invocation(status, message)
@@ -470,7 +399,85 @@ def _progress_bar(progress, graph):
                 dynamic_ncols=True, file=sys.stderr)
 
 
-def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, fixed_batch, bar) -> None:
+def resolve_no_keep(pipe, names) -> list[str]:
+    """Dataset types named by ``--no-keep`` (stage names stand for all their outputs); each must be made by a
+    stage of the pipeline and read by another, else there would be nothing to wait for."""
+    from ..repo.datasets import DATASET_TYPES
+    if isinstance(names, str):
+        names = [names]
+    out = []
+    for name in [n.strip() for item in names for n in str(item).split(",") if n.strip()]:
+        by_stage = {s.name: s for s in pipe.stages}
+        types = list(by_stage[name].outputs) if name in by_stage else [name]
+        for t in types:
+            if t not in DATASET_TYPES:
+                raise WorkflowError(f"--no-keep {name}: neither a stage of pipeline {pipe.name} "
+                                    f"({', '.join(pipe.names)}) nor a dataset type")
+            makers = [s.name for s in pipe.stages if t in s.outputs]
+            readers = [s.name for s in pipe.stages if s.producers.get(t) in makers and t in s.inputs]
+            if not makers:
+                raise WorkflowError(f"--no-keep {name}: {t} is not made by any stage of pipeline {pipe.name}; "
+                                    "only outputs of the run can be removed")
+            if not readers:
+                if name in by_stage:
+                    continue  # a stage's output nobody in this pipeline reads (e.g. its metadata): kept
+                raise WorkflowError(f"--no-keep {name}: no stage of pipeline {pipe.name} reads {t}; it is a "
+                                    "final product of this pipeline and is kept")
+            if t not in out:
+                out.append(t)
+    return out
+
+
+class IntermediateRemover:
+    """Removes intermediate datasets (``twinkles run --no-keep``) once every job that reads them is done.
+
+    The job graph says who reads what: a dataset of type T made by job P is read by the jobs linked to P of the
+    stages whose inputs include T (:attr:`~twinkles.workflow.graph.Job.readers`). When all those stages are
+    linked (their jobs known) and every reader of P is done, P's outputs of type T are removed: registry rows
+    and files in one transaction (:meth:`~twinkles.repo.Repository.remove_datasets`). A failed or skipped reader
+    keeps them (a later run retries it). A later run that needs them again (a reader redone, a new stage)
+    does P again (the graph revives it)."""
+
+    def __init__(self, repo, store, graph, pipe, types):
+        self.repo, self.store, self.graph = repo, store, graph
+        self.types = list(types)
+        self.makers = {t: {s.name for s in pipe.stages if t in s.outputs} for t in self.types}
+        self.readers = {t: {s.name for s in pipe.stages if t in s.inputs and s.producers.get(t) in self.makers[t]}
+                        for t in self.types}
+
+    def after(self, settled) -> None:
+        """Jobs just finished: their upstream jobs may now have been read by all their readers."""
+        ups = {id(u): u for job in settled for us in job.upstream.values() for u in us}
+        self.sweep(list(ups.values()))
+
+    def sweep(self, jobs) -> None:
+        remove, owners = [], []
+        for job in jobs:
+            if job.status != "done":
+                continue
+            types = [t for t in self.types if job.stage in self.makers[t] and t not in job.outputs_removed
+                     and self._all_read(job, t)]
+            if not types:
+                continue
+            refs = [r for r in self.store.outputs_of(job.stage, job.key) if r.dataset_type in types]
+            if refs:
+                remove.extend(refs)
+                owners.append((job, {r.dataset_type for r in refs}))
+        if remove:
+            self.repo.remove_datasets(remove, reason="intermediate (--no-keep): every job reading it is done")
+            for job, types in owners:
+                job.outputs_removed = tuple(sorted(set(job.outputs_removed) | types))
+
+    def _all_read(self, job, dataset_type) -> bool:
+        stages = self.readers[dataset_type]
+        if not all(self.graph.stages[s].linked for s in stages):
+            return False
+        readers = [r for r in job.readers if r.stage in stages]
+        return bool(readers) and all(r.status == "done" for r in readers)
+
+
+def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, fixed_batch, bar,
+          remover=None) -> None:
     inflight: dict = {}
     est = _Estimator()
     max_inflight = max(2, 2 * n_workers)
@@ -505,7 +512,10 @@ def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries
             break
         finished, _ = cf.wait(list(inflight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
         for fut in finished:
-            _collect(repo, run, graph, store, inflight.pop(fut), fut, retries, est)
+            jobs = inflight.pop(fut)
+            _collect(repo, run, graph, store, jobs, fut, retries, est)
+            if remover is not None:
+                remover.after([j for j in jobs if j.status == "done"])
         new = graph.take_new_jobs()
         store.add_pending(new)
         skipped = graph.take_changed()

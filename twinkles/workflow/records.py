@@ -147,24 +147,36 @@ class JobStore:
                          (time.time(), status, message, self.invocation))
 
     # -------------------------------------------------------------------------- reading previous state
-    def previous_states(self) -> dict[tuple[str, str], tuple[str, int]]:
-        """{(stage, data ID key): (status, attempt)}; "done" only if every recorded output is still registered
-        at the same path with its file present (else the job is done again)."""
+    def previous_states(self) -> dict[tuple[str, str], tuple[str, int, tuple]]:
+        """{(stage, data ID key): (status, attempt, outputs_removed)}; "done" only if every recorded output is
+        still registered at the same path with its file present, or was removed as an intermediate once read
+        (``twinkles run --no-keep``; ``outputs_removed``: the dataset types removed) -- else the job is done
+        again."""
         registered = registered_paths(self.repo, self.run)
+        removed = self.repo.removed_keys(self.run)
         out = {}
         with self.repo.read_only() as conn:
             rows = conn.execute("SELECT stage, data_id, status, attempt, outputs FROM jobs WHERE run=?",
                                 (self.run,)).fetchall()
         for r in rows:
-            status = r["status"]
+            status, gone = r["status"], set()
             if status == "done":
                 for ref in json.loads(r["outputs"] or "[]"):
                     key = (ref["dataset_type"], data_id_key(ref["data_id"]))
-                    if registered.get(key) != ref["path"] or not (self.repo.root / ref["path"]).exists():
+                    if removed.get(key) == ref["path"]:
+                        gone.add(ref["dataset_type"])
+                    elif registered.get(key) != ref["path"] or not (self.repo.root / ref["path"]).exists():
                         status = "pending"
                         break
-            out[(r["stage"], r["data_id"])] = (status, r["attempt"])
+            out[(r["stage"], r["data_id"])] = (status, r["attempt"], tuple(sorted(gone)) if status == "done" else ())
         return out
+
+    def outputs_of(self, stage: str, key: str) -> list[DatasetRef]:
+        """The outputs recorded for a done job (of this run)."""
+        with self.repo.read_only() as conn:
+            row = conn.execute("SELECT outputs FROM jobs WHERE run=? AND stage=? AND data_id=? AND status='done'",
+                               (self.run, stage, key)).fetchone()
+        return [DatasetRef.from_dict(d) for d in json.loads(row["outputs"] or "[]")] if row else []
 
     # -------------------------------------------------------------------------- writing
     def add_pending(self, jobs) -> None:

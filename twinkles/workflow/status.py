@@ -9,11 +9,11 @@ import os
 import socket
 import time
 
-from ..repo import Repository
+from ..repo import RAW_RUN, Repository
 from .graph import STATUSES
 from .records import latest_run, load_invocations
 
-__all__ = ["collect_status", "format_status"]
+__all__ = ["collect_status", "format_status", "format_disk"]
 
 
 def _alive(inv: dict) -> bool:
@@ -74,7 +74,31 @@ def collect_status(repo: Repository | str, run: str | None = None, max_failures:
     for c in out["stages"].values():
         c["total"] = sum(c[s] for s in STATUSES)
     out["totals"]["total"] = sum(out["totals"][s] for s in STATUSES)
+    out["disk"] = repo.disk_usage([run, RAW_RUN])
     return out
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e10 else f"{n / 1e9:.2f} GB"
+
+
+def format_disk(disk: dict) -> list[str]:
+    """Lines of the disk budget: bytes per dataset type (and per visit), per visit, and what --no-keep freed."""
+    if not disk or not disk["files"]:
+        return []
+    lines = [f"disk (run and its inputs): {_mb(disk['total_bytes'])} in {disk['files']} files"]
+    width = max([len(t) for t in disk["types"]] + [12])
+    lines.append(f"  {'dataset type':<{width}}  {'files':>6} {'total':>10} {'per visit':>10}")
+    for name, t in disk["types"].items():
+        per = _mb(t["bytes_per_visit"]) if t["bytes_per_visit"] is not None else "-"
+        lines.append(f"  {name:<{width}}  {t['files']:>6} {_mb(t['bytes']):>10} {per:>10}")
+    if disk["visits"]:
+        v = list(disk["visits"].values())
+        lines.append(f"  per visit: {_mb(sum(v) / len(v))} mean, {_mb(min(v))} min, {_mb(max(v))} max over "
+                     f"{len(v)} visit(s) (datasets with a visit: {_mb(sum(v))})")
+    for name, r in disk["removed"].items():
+        lines.append(f"  removed once read (--no-keep): {name} {r['files']} file(s), {_mb(r['bytes'])} freed")
+    return lines
 
 
 def format_status(st: dict, max_failures: int = 50) -> str:
@@ -99,6 +123,7 @@ def format_status(st: dict, max_failures: int = 50) -> str:
                      f"{c['running']:>7} {c['pending']:>7} {c['total']:>6}  {pct:5.1f}% done")
     if st["missing_stages"]:
         lines.append(f"  not implemented yet: {', '.join(st['missing_stages'])}")
+    lines.extend(format_disk(st.get("disk")))
     failed = [f for f in st["failures"] if f["status"] == "failed"]
     skipped = [f for f in st["failures"] if f["status"] == "skipped-upstream"]
     if failed:
