@@ -42,7 +42,7 @@ STAGE_MODULES: dict[str, str] = {name: f"twinkles.stages.{name}"
 #: that exists says it itself (its OUTPUTS), and its entry here is no longer read.
 PLANNED_OUTPUTS: dict[str, tuple[str, ...]] = {
     "make_skymap": ("skyMap",),
-    "warp": ("deepCoadd_directWarp",),
+    "warp": ("deepCoadd_directWarp", "deepCoadd_psfMatchedWarp"),
     "assemble_coadd": ("deepCoadd", "deepCoadd_nImage", "deepCoadd_inputs"),
     "detect_coadd": ("deepCoadd_det",),
     "merge_detections": ("deepCoadd_mergeDet",),
