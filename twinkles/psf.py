@@ -319,6 +319,27 @@ class CoaddPsf(PSF):
         total = _resize(total, size)
         return total / total.sum()
 
+    def kernels_at(self, x, y, size: int | None = None) -> np.ndarray:
+        """Centred kernels (N, size, size), each summing to 1, at many positions at once (vectorised over the
+        positions; exact, where sampling on a grid and interpolating would blur the coadd PSF's jumps at the
+        inputs' edges). :class:`~twinkles.stamps.PsfStamps` uses this when a PSF has it."""
+        x = np.atleast_1d(np.asarray(x, float))
+        y = np.atleast_1d(np.asarray(y, float))
+        n = len(x)
+        cover = np.stack([_in_convex_polygon_many(p, x, y) for p in self.polygons]) & (self.weights > 0)[:, None]
+        none = ~cover.any(axis=0)
+        cover[:, none] = (self.weights > 0)[:, None]
+        total = np.zeros((n, self.size, self.size))
+        for i in range(len(self.psfs)):
+            sel = np.flatnonzero(cover[i])
+            if sel.size == 0:
+                continue
+            k = _grid_kernels(self.psfs[i], x[sel], y[sel], self.size)
+            total[sel] += self.weights[i] * k
+        if size is not None:
+            total = np.stack([_resize(t, size) for t in total]) if n else np.zeros((0, size, size))
+        return total / total.sum(axis=(1, 2), keepdims=True)
+
     def to_hdus(self):
         stamps, xs_all, ys_all, rows = [], [], [], []
         poly_x, poly_y = [], []
@@ -389,6 +410,40 @@ def _in_convex_polygon(poly: np.ndarray, x: float, y: float) -> bool:
     x1, y1 = poly[:, 0], poly[:, 1]
     x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
     return bool(np.all((x2 - x1) * (y - y1) - (y2 - y1) * (x - x1) >= -1e-9))
+
+
+def _in_convex_polygon_many(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    inside = np.ones(x.shape, bool)
+    if len(poly) < 3:
+        return ~inside
+    for k in range(len(poly)):
+        x1, y1 = poly[k]
+        x2, y2 = poly[(k + 1) % len(poly)]
+        inside &= (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1) >= -1e-9
+    return inside
+
+
+def _grid_kernels(psf: PSF, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
+    """(N, size, size) centred kernels of one PSF, each summing to 1 (vectorised for an ImageGridPSF)."""
+    if isinstance(psf, ImageGridPSF):
+        def weights(grid, v):
+            if len(grid) == 1:
+                z = np.zeros(len(v), int)
+                return z, z, np.zeros(len(v))
+            v = np.clip(v, grid[0], grid[-1])
+            i = np.clip(np.searchsorted(grid, v) - 1, 0, len(grid) - 2)
+            return i, i + 1, (v - grid[i]) / (grid[i + 1] - grid[i])
+        i0, i1, tx = weights(psf.xs, x)
+        j0, j1, ty = weights(psf.ys, y)
+        g = psf.images
+        k = (((1 - tx) * (1 - ty))[:, None, None] * g[j0, i0] + (tx * (1 - ty))[:, None, None] * g[j0, i1]
+             + ((1 - tx) * ty)[:, None, None] * g[j1, i0] + (tx * ty)[:, None, None] * g[j1, i1])
+        if k.shape[-1] != size:
+            k = np.stack([_resize(a, size) for a in k])
+    else:
+        k = np.stack([_resize(np.asarray(psf.kernel_image(float(a), float(b)), float), size)
+                      for a, b in zip(x, y)])
+    return k / k.sum(axis=(1, 2), keepdims=True)
 
 
 def _native_size(psf: PSF, shape) -> int:

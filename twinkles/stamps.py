@@ -108,9 +108,14 @@ class PsfStamps:
         return i, i + 1, t
 
     def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Centred (unshifted) kernels (N, model_size, model_size) at each position, summing to 1."""
+        """Centred (unshifted) kernels (N, model_size, model_size) at each position, summing to 1.
+
+        A PSF with a ``kernels_at(x, y, size)`` method (a coadd's PSF, which jumps at its inputs' edges) gives
+        them exactly at each position instead of by interpolation between grid kernels."""
         x = np.asarray(x, float)
         y = np.asarray(y, float)
+        if hasattr(self.psf, "kernels_at"):
+            return self.psf.kernels_at(np.atleast_1d(x), np.atleast_1d(y), self.model_size)
         i0, i1, tx = self._weights(self.xs, x)
         j0, j1, ty = self._weights(self.ys, y)
         g = self.grid

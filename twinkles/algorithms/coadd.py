@@ -200,7 +200,7 @@ def outlier_footprints(diff: np.ndarray, variance: np.ndarray, valid: np.ndarray
     if not hot.any():
         return []
     if grow_px > 0:
-        hot = dilate_disc(np.ascontiguousarray(hot), int(grow_px))
+        hot = dilate_disc(np.ascontiguousarray(hot), int(grow_px)) & ok
     lab, nlab = ndimage.label(hot, structure)
     return _label_indices(lab, nlab)
 
@@ -218,12 +218,18 @@ def _label_indices(lab: np.ndarray, nlab: int) -> list[np.ndarray]:
 
 def model_source_labels(model: StaticSkyModel, psf_sigma_px: float, threshold: float = 5.0,
                         grow_sigma: float = 2.4) -> np.ndarray:
-    """Source footprints on the static-sky model (int32 labels, 0 = none): the PSF-smoothed S/N above
-    ``threshold``, grown by ``grow_sigma`` PSF sigmas (DM's detectTemplate, nSigmaToGrow 2.4)."""
+    """Source footprints on the static-sky model (int32 labels, 0 = none): the PSF-smoothed S/N (in units of
+    its robust width) above ``threshold``, grown by ``grow_sigma`` PSF sigmas (DM's detectTemplate, nSigmaToGrow 2.4)."""
     from .background import grow_mask
     from .detection import significance_image
     var = np.where(model.valid & np.isfinite(model.variance), model.variance, np.inf).astype(np.float32)
     snr = significance_image(model.image, var, psf_sigma_px, bad=~model.valid)
+    # the model's noise is correlated (PSF-matched, and resampled): scale the S/N by its measured width, as DM's
+    # detection thresholds the smoothed image in units of its own standard deviation
+    sample = snr[model.valid][:: max(1, int(model.valid.sum()) // 200000)]
+    s = _robust_sigma(sample)
+    if s > 0:
+        snr = snr / s
     det = snr > threshold
     det = grow_mask(det, int(round(grow_sigma * psf_sigma_px)))
     lab, _ = ndimage.label(det, np.ones((3, 3), bool))
