@@ -153,9 +153,11 @@ def make_warps(seed: int = 1, n_visits: int = 9, size: int = 400, n_grid: int = 
                 img += _draw(shape, np.array([tr["x"]]), np.array([tr["y"]]), np.array([tr["flux"]]),
                              v.sigma_px, v.e1, v.e2)
         if i == 4:  # unmasked cosmic rays: single bright pixels and a short track
-            for (cx, cy) in [(size * 0.2, size * 0.62), (size * 0.82, size * 0.57)]:
+            mid = (g[:-1] + g[1:]) / 2  # between the stars
+            m = len(mid)
+            for (cx, cy) in [(mid[m // 5], mid[(3 * m) // 5]), (mid[-1 - m // 5], mid[m // 2])]:
                 img[int(cy), int(cx)] += 60 * v.noise
-            img[int(size * 0.9), int(size * 0.25):int(size * 0.25) + 6] += 30 * v.noise
+            img[int(mid[-1]), int(mid[m // 4]) - 3:int(mid[m // 4]) + 3] += 30 * v.noise
         mask = np.where(v.valid, 0, mask_bit("NO_DATA")).astype(np.int32)
         img = np.where(v.valid, img, 0.0)
         var = np.where(v.valid, v.noise**2, np.inf)
