@@ -61,7 +61,8 @@ class Visit:
     e2: float
     noise: float  # nJy per pixel (sky)
     scale: float  # calibration factor applied to every star
-    valid: np.ndarray = field(repr=False, default=None)
+    valid: np.ndarray = field(repr=False, default=None)  # the direct warp has data
+    used: np.ndarray = field(repr=False, default=None)  # ... and so has the PSF-matched one (what a coadd uses)
 
 
 @dataclass
@@ -70,7 +71,7 @@ class SyntheticPatch:
     psf_matched: list
     visits: list
     stars: dict  # x, y, flux (true static flux, nJy), kind
-    truth_image: np.ndarray  # noiseless coadd of the stars (weights 1/noise^2 over covering visits)
+    truth_image: np.ndarray  # noiseless coadd of the stars (weights 1/noise^2 over the visits' ``used`` pixels)
     shape: tuple
     model_fwhm: float
     trail: dict
@@ -132,8 +133,10 @@ def make_warps(seed: int = 1, n_visits: int = 9, size: int = 400, n_grid: int = 
     var_flux = np.array([8000.0 * (1 + 0.6 * math.sin(2 * math.pi * i / n_visits + 0.3)) for i in range(n_visits)])
     model_sigma = model_fwhm / 2.3548
     trail = {"visit": 1000, "x0": size * 0.5, "y0": size * 0.55, "angle": 23.0}
-    transient = [{"visit": 1001, "x": size * 0.45, "y": size * 0.8, "flux": 3000.0},
-                 {"visit": 1002, "x": size * 0.48, "y": size * 0.81, "flux": 3000.0}]
+    mid = (g[:-1] + g[1:]) / 2  # between the stars
+    m = len(mid)
+    transient = [{"visit": 1001, "x": mid[m // 3], "y": mid[-2], "flux": 3000.0},  # moving: 1.5"/visit
+                 {"visit": 1002, "x": mid[m // 3] + 7.5, "y": mid[-2] - 1.0, "flux": 3000.0}]
     direct, matched, truth_num, truth_den = [], [], np.zeros(shape), np.zeros(shape)
     weights = []
     for i, v in enumerate(visits):
@@ -142,8 +145,6 @@ def make_warps(seed: int = 1, n_visits: int = 9, size: int = 400, n_grid: int = 
         clean = _draw(shape, x, y, f, v.sigma_px, v.e1, v.e2)
         w = 1.0 / v.noise**2
         weights.append(w)
-        truth_num += np.where(v.valid, w * clean, 0)
-        truth_den += np.where(v.valid, w, 0)
         img = clean + v.noise * rng.standard_normal(shape)
         if v.visit == trail["visit"]:
             t, _ = _trail(shape, trail["x0"], trail["y0"], trail["angle"], trail_peak_snr * v.noise, v.sigma_px)
@@ -153,8 +154,6 @@ def make_warps(seed: int = 1, n_visits: int = 9, size: int = 400, n_grid: int = 
                 img += _draw(shape, np.array([tr["x"]]), np.array([tr["y"]]), np.array([tr["flux"]]),
                              v.sigma_px, v.e1, v.e2)
         if i == 4:  # unmasked cosmic rays: single bright pixels and a short track
-            mid = (g[:-1] + g[1:]) / 2  # between the stars
-            m = len(mid)
             for (cx, cy) in [(mid[m // 5], mid[(3 * m) // 5]), (mid[-1 - m // 5], mid[m // 2])]:
                 img[int(cy), int(cx)] += 60 * v.noise
             img[int(mid[-1]), int(mid[m // 4]) - 3:int(mid[m // 4]) + 3] += 30 * v.noise
@@ -176,6 +175,9 @@ def make_warps(seed: int = 1, n_visits: int = 9, size: int = 400, n_grid: int = 
         kern /= kern.sum()
         pm = fftconvolve(img, kern, mode="same")
         pvalid = fftconvolve(v.valid.astype(float), np.ones_like(kern), mode="same") > kern.size - 0.5
+        v.used = pvalid
+        truth_num += np.where(pvalid, w * clean, 0)
+        truth_den += np.where(pvalid, w, 0)
         pmask = np.where(pvalid, 0, mask_bit("NO_DATA")).astype(np.int32)
         pvar = np.where(pvalid, v.noise**2 * float((kern**2).sum()), np.inf)
         pmeta = dict(meta, psf_fwhm_px=model_fwhm)
@@ -193,7 +195,7 @@ def expected_star_flux(patch: SyntheticPatch, k: int) -> float:
     xs, ys = patch.stars["x"][k], patch.stars["y"][k]
     num = den = 0.0
     for i, v in enumerate(patch.visits):
-        if not v.valid[int(round(ys)), int(round(xs))]:
+        if not v.used[int(round(ys)), int(round(xs))]:
             continue
         f = patch.stars["variable_flux"][i] if k == patch.stars["ivar"] else patch.stars["flux"][k]
         num += patch.weights[i] * f * v.scale

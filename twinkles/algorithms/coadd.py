@@ -18,7 +18,9 @@ new pipeline's ``assembleDeepCoadd``), written for warps read one at a time into
    pixels deviate in at least one but at most ``N_max = int(min(0.4 N, 2 + 0.03 N))`` epochs (N: mean
    ``n_epochs`` over the candidate; DM's maxFractionEpochsLow, maxNumEpochs, maxFractionEpochsHigh), unless it
    lies wholly inside one source footprint detected on the model (DM's doPreserveContainedBySource: variable
-   stars, supernovae on their hosts and imperfectly matched bright stars are real sky);
+   stars, supernovae on their hosts and imperfectly matched bright stars are real sky) that is bright enough to
+   explain it (the model's flux over the candidate at least ``min_model_ratio`` of the candidate's residual
+   flux; our addition, so that a transient on the faint wing of a source is still clipped);
 5. **coadd** (:class:`CoaddAccumulator`): ``C = sum_i w_i I_i / sum_i w_i`` over the warps whose pixel is usable
    and not an artifact, ``Var(C) = sum_i w_i^2 V_i / (sum_i w_i)^2``, ``nImage`` = inputs used per pixel.
 
@@ -238,14 +240,22 @@ def model_source_labels(model: StaticSkyModel, psf_sigma_px: float, threshold: f
 
 def filter_artifacts(candidates: list[np.ndarray], epoch_count: np.ndarray, n_epochs: np.ndarray,
                      source_labels: np.ndarray | None = None, spatial_threshold: float = 0.5,
-                     max_fraction_low: float = 0.4, max_num: int = 2, max_fraction_high: float = 0.03
+                     max_fraction_low: float = 0.4, max_num: int = 2, max_fraction_high: float = 0.03,
+                     residual_flux=None, model_image: np.ndarray | None = None, min_model_ratio: float = 0.5
                      ) -> list[np.ndarray]:
-    """The candidates of one warp that are artifacts (see the module docstring, step 4)."""
+    """The candidates of one warp that are artifacts (see the module docstring, step 4).
+
+    With ``residual_flux`` (per candidate, the sum of |warp - model| over it) and ``model_image``, a candidate
+    inside a model source is kept only where that source is bright compared with the candidate: the model's
+    flux over the candidate at least ``min_model_ratio`` times the residual flux (a variable star, a bright
+    star's PSF-matching residual), so that a transient or a cosmic ray on the faint wing of a source is still
+    clipped (in a crowded field the grown model footprints cover most of the sky)."""
     out = []
     ec = epoch_count.ravel()
     ne = n_epochs.ravel()
     lab = None if source_labels is None else source_labels.ravel()
-    for idx in candidates:
+    model = None if model_image is None else model_image.ravel()
+    for k, idx in enumerate(candidates):
         outlier_n = ec[idx]
         n_max = int(max_outlier_epochs(ne[idx].mean(), max_fraction_low, max_num, max_fraction_high))
         frac = np.count_nonzero((outlier_n > 0) & (outlier_n <= n_max)) / idx.size
@@ -254,7 +264,10 @@ def filter_artifacts(candidates: list[np.ndarray], epoch_count: np.ndarray, n_ep
         if lab is not None:
             owners = lab[idx]
             if owners[0] > 0 and np.all(owners == owners[0]):
-                continue  # wholly inside one source of the model: real sky
+                if residual_flux is None or model is None:
+                    continue  # wholly inside one source of the model: real sky
+                if float(np.sum(model[idx], dtype=np.float64)) >= min_model_ratio * float(residual_flux[k]):
+                    continue  # ... a source bright enough to explain the residual
         out.append(idx)
     return out
 
@@ -295,7 +308,8 @@ def find_artifacts(warps: Sequence, model: StaticSkyModel, psf_sigma_px: float, 
                    min_pixels: int = 4, grow_px: int = 1, prefilter_bits: int | None = None,
                    prefilter_ratio: float = 0.05, bad_bits: int | None = None, preserve_sources: bool = True,
                    source_threshold: float = 5.0, spatial_threshold: float = 0.5, max_fraction_low: float = 0.4,
-                   max_num: int = 2, max_fraction_high: float = 0.03) -> ArtifactResult:
+                   max_num: int = 2, max_fraction_high: float = 0.03, min_model_ratio: float = 0.5
+                   ) -> ArtifactResult:
     """Steps 2-4 of the module docstring: one more pass over the PSF-matched warps (loaders; None: missing)."""
     if prefilter_bits is None:
         prefilter_bits = mask_bit("NO_DATA", "BAD", "SAT", "SUSPECT")
@@ -306,11 +320,13 @@ def find_artifacts(warps: Sequence, model: StaticSkyModel, psf_sigma_px: float, 
     n_epochs = np.zeros(shape, np.uint16)
     per_warp: list = []
     spans: list = []
+    fluxes: list = []
     for i, item in enumerate(warps):
         exp = _load(item)
         if exp is None:
             per_warp.append(None)
             spans.append(None)
+            fluxes.append(None)
             continue
         valid = usable(exp, bad_bits) & model.valid
         spans.append(row_spans(valid))
@@ -320,6 +336,8 @@ def find_artifacts(warps: Sequence, model: StaticSkyModel, psf_sigma_px: float, 
         if cands:
             goodpix = ((exp.mask & prefilter_bits) == 0).ravel()
             cands = [c for c in cands if np.count_nonzero(goodpix[c]) / c.size > prefilter_ratio]
+        dflat = diff.ravel()
+        fluxes.append([float(np.abs(dflat[c]).sum(dtype=np.float64)) for c in cands])
         slate = np.zeros(shape, bool).ravel()
         for c in cands:
             slate[c] = True
@@ -328,12 +346,12 @@ def find_artifacts(warps: Sequence, model: StaticSkyModel, psf_sigma_px: float, 
         del exp, diff, valid
     labels = model_source_labels(model, psf_sigma_px, source_threshold) if preserve_sources else None
     artifacts = []
-    for cands in per_warp:
+    for cands, flux in zip(per_warp, fluxes):
         if cands is None:
             artifacts.append(None)
             continue
         kept = filter_artifacts(cands, epoch_count, n_epochs, labels, spatial_threshold, max_fraction_low,
-                                max_num, max_fraction_high)
+                                max_num, max_fraction_high, flux, model.image, min_model_ratio)
         artifacts.append(np.concatenate(kept) if kept else np.zeros(0, np.int64))
     return ArtifactResult(artifacts, epoch_count, n_epochs, [0 if c is None else len(c) for c in per_warp], spans)
 

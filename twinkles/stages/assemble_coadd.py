@@ -69,6 +69,7 @@ class Config:
     max_fraction_epochs_high: float = 0.03  # DM maxFractionEpochsHigh
     preserve_contained_by_source: bool = True  # candidates wholly inside a model source are kept (DM True)
     source_threshold: float = 5.0  # model sources: PSF-smoothed S/N (DM detectTemplate 5), grown 2.4 sigma
+    preserve_min_model_ratio: float = 0.5  # ... and only where the model's flux there >= this x the residual's
     prefilter_ratio: float = 0.05  # drop candidates with less than this fraction of good pixels (DM 0.05)
     require_psf_matched: bool = True  # a visit without a PSF-matched warp is left out (DM masks the epoch)
 
@@ -145,7 +146,8 @@ def _find_artifacts(warps, config):
                             preserve_sources=config.preserve_contained_by_source,
                             source_threshold=config.source_threshold, spatial_threshold=config.spatial_threshold,
                             max_fraction_low=config.max_fraction_epochs_low, max_num=config.max_num_epochs,
-                            max_fraction_high=config.max_fraction_epochs_high)
+                            max_fraction_high=config.max_fraction_epochs_high,
+                            min_model_ratio=config.preserve_min_model_ratio)
     return result, fwhm
 
 
