@@ -28,7 +28,7 @@ def _inputs(patch, drop_matched=()):
 
 @pytest.fixture(scope="module")
 def synth():
-    patch = make_warps(seed=int(os.environ.get("TWINKLES_TEST_SEED", "11")))
+    patch = make_warps(seed=int(os.environ.get("TWINKLES_TEST_SEED", "11")), size=560, n_grid=22)
     result = run(_inputs(patch), Config(), band="r")
     return patch, result
 
@@ -121,8 +121,10 @@ def test_psf_photometry_pulls_with_the_coadd_psf(synth):
     f, e, expected, plain = _star_table(patch, result)
     pull = ((f - expected) / e)[plain]
     n = pull.size
-    assert n > 100
-    assert 0.9 <= pull.std() <= 1.15, pull.std()
+    assert n > 250
+    se = 1 / math.sqrt(2 * n)  # standard error of the sd
+    # the range 0.9 - 1.15, widened where it is narrower than 3 standard errors
+    assert min(0.9, 1 - 3 * se) <= pull.std() <= max(1.15, 1 + 3 * se), (pull.std(), n)
     assert abs(pull.mean()) < 4 / math.sqrt(n)
 
 
@@ -169,8 +171,11 @@ def test_trail_transient_and_cosmic_rays_are_absent(synth):
     row = dict(zip(result.inputs["visit"], result.inputs["n_artifact_pixels"]))
     assert row[patch.trail["visit"]] > 1000 and all(row[t["visit"]] > 20 for t in patch.transient)
     assert row[1004] > 0  # the cosmic rays
-    z = resid[covered] / np.sqrt(c.variance[covered])
-    assert np.abs(z).max() < 6.5  # nothing left anywhere (the largest of ~1.4e5 normal values is ~4.5)
+    # nothing left anywhere else (the largest of ~1.4e5 normal values is ~4.5); where an input was left out
+    # (INEXACT_PSF: the trail's band) the truth, a mean over all inputs, differs at stars by their calibration
+    exact = covered & ((c.mask & mask_bit("INEXACT_PSF")) == 0)
+    z = resid[exact] / np.sqrt(c.variance[exact])
+    assert np.abs(z).max() < 6.5
 
 
 def test_without_rejection_the_trail_shows(synth):

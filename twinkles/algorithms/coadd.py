@@ -30,6 +30,8 @@ Memory: one warp (12 bytes per pixel) plus ~25 bytes per pixel of accumulators, 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -40,7 +42,7 @@ from ..image import Exposure, mask_bit
 
 __all__ = ["warp_weight", "usable", "max_outlier_epochs", "static_sky_model", "StaticSkyModel",
            "outlier_footprints", "model_source_labels", "filter_artifacts", "find_artifacts", "ArtifactResult",
-           "CoaddAccumulator", "coverage_polygon", "row_spans", "points_in_polygon", "DEFAULT_BAD_PLANES"]
+           "CoaddAccumulator", "coverage_polygon", "coverage_edge", "row_spans", "points_in_polygon", "DEFAULT_BAD_PLANES"]
 
 #: warp pixels with these planes are left out of the coadd (DM badMaskPlanes, plus SAT and CR)
 DEFAULT_BAD_PLANES = ("NO_DATA", "BAD", "SAT", "CR")
@@ -405,6 +407,21 @@ class CoaddAccumulator:
 
 
 # ------------------------------------------------------------------------------------------ input coverage
+def coverage_edge(data: np.ndarray, radius_px: float) -> np.ndarray:
+    """Pixels within ``radius_px`` of the edge of an input's data inside the image (not the image's own border):
+    where a source's pixels mix this input's presence and absence (INEXACT_PSF)."""
+    from .background import grow_mask
+    if not np.isfinite(radius_px) or radius_px <= 0:
+        radius_px = 1
+    d = np.asarray(data, bool)
+    edge = np.zeros(d.shape, bool)
+    edge[:, 1:] |= d[:, 1:] != d[:, :-1]
+    edge[1:, :] |= d[1:, :] != d[:-1, :]
+    if not edge.any():
+        return edge
+    return grow_mask(edge, int(math.ceil(radius_px)))
+
+
 def coverage_polygon(valid: np.ndarray) -> np.ndarray:
     """The convex hull (vertices (K, 2) as x, y, counter-clockwise, pixel edges at +-0.5) of a warp's pixels
     with data -- DM's per-input ValidPolygon of a CoaddPsf. Empty (0, 2) when nothing is valid."""

@@ -11,7 +11,9 @@ The DM stack's ``AssembleCoaddTask`` with ``CompareWarpAssembleCoaddTask``'s art
    supernovae are kept (one more pass);
 3. coadd: the weighted mean of the direct warps (weight ``1 / mean variance`` of each warp, flux in nJy) with
    their bad pixels and artifacts left out, read one at a time; NO_DATA where nothing covers, INEXACT_PSF where
-   an input covering the pixel was left out; ``deepCoadd_nImage`` the inputs used per pixel;
+   an input covering the pixel was left out, or within 2 FWHM of an input's edge inside the patch (a star there
+   is a mix of inputs its PSF at the centre does not describe; DM flags the PSF-matched EDGE band so);
+   ``deepCoadd_nImage`` the inputs used per pixel;
 4. coadd PSF (:class:`~twinkles.psf.CoaddPsf`): the same weighted sum of the warps' PSFs (already in the patch
    frame) over the inputs whose coverage polygon holds the position;
 5. ``deepCoadd_inputs``: every input visit of the band with its weight, PSF size and status -- ``used``,
@@ -35,8 +37,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from ..algorithms.coadd import (CoaddAccumulator, coverage_polygon, find_artifacts, static_sky_model, usable,
-                                warp_weight)
+from ..algorithms.coadd import (CoaddAccumulator, coverage_edge, coverage_polygon, find_artifacts,
+                                static_sky_model, usable, warp_weight)
 from ..image import Exposure, PhotoCalib, mask_bit
 from ..psf import SIGMA_TO_FWHM, CoaddPsf
 from . import ProcessingError
@@ -185,7 +187,7 @@ def _assemble(warps, config, bad_bits, artifacts, rows):
         if weight == 0 or not good.any():
             row.update(status="rejected", reason="no usable pixels in the patch")
             continue
-        acc.add(exp, good, weight, inexact=data & ~good)
+        acc.add(exp, good, weight, inexact=(data & ~good) | coverage_edge(data, 2.0 * row["psf_fwhm_px"]))
         row.update(weight=weight, n_pixels=int(good.sum()))
         if exp.psf is None:
             raise ProcessingError(f"visit {w.visit}: its direct warp has no PSF; re-run warp")
