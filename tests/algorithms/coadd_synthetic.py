@@ -102,7 +102,8 @@ def _trail(shape, x0, y0, angle_deg, peak, sigma):
 
 
 def make_warps(seed: int = 1, n_visits: int = 9, size: int = 400, n_grid: int = 14, model_fwhm: float = 5.6,
-               trail_peak_snr: float = 12.0):
+               trail_peak_snr: float = 12.0, empty: bool = False):
+    """The synthetic patch; ``empty``: the same visits (PSFs, noise, coverage, artifacts) without stars."""
     rng = np.random.default_rng(seed)
     shape = (size, size)
     wcs = patch_wcs(size, size)
@@ -119,6 +120,8 @@ def make_warps(seed: int = 1, n_visits: int = 9, size: int = 400, n_grid: int = 
     ivar = int(np.argmin(np.hypot(x - size * 0.7, y - size * 0.3)))
     flux[ivar] = 8000.0
     kind[ivar] = "variable"
+    if empty:
+        flux[:] = 0.0
     visits = []
     yy, xx = np.mgrid[0:size, 0:size]
     for i in range(n_visits):
@@ -131,6 +134,7 @@ def make_warps(seed: int = 1, n_visits: int = 9, size: int = 400, n_grid: int = 
         visits.append(Visit(1000 + i, fwhm / 2.3548, rng.uniform(-0.06, 0.06), rng.uniform(-0.06, 0.06),
                             rng.uniform(1.0, 1.6), 1.0 + 0.01 * rng.standard_normal(), valid))
     var_flux = np.array([8000.0 * (1 + 0.6 * math.sin(2 * math.pi * i / n_visits + 0.3)) for i in range(n_visits)])
+    var_flux *= 0.0 if empty else 1.0
     model_sigma = model_fwhm / 2.3548
     trail = {"visit": 1000, "x0": size * 0.5, "y0": size * 0.55, "angle": 23.0}
     mid = (g[:-1] + g[1:]) / 2  # between the stars
