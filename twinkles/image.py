@@ -264,8 +264,8 @@ class Exposure:
         for key, value in self.metadata.items():
             _put_metadata(hdr, key, value)
         image_hdr = wcs_to_header(self.wcs) if self.wcs is not None else fits.Header()
-        if self.photo_calib is not None:
-            image_hdr["BUNIT"] = "electron"
+        if self.photo_calib is not None:  # PhotoCalib(1.0): already in nJy (warps, coadds)
+            image_hdr["BUNIT"] = "nJy" if self.photo_calib.njy_per_electron == 1.0 else "electron"
         hdus = [primary,
                 fits.ImageHDU(self.image, header=image_hdr, name="IMAGE"),
                 fits.ImageHDU(self.mask, name="MASK"),

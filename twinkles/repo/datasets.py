@@ -62,6 +62,7 @@ for _name, _dims, _storage, _table in [
     # static sky
     ("skyMap", (), "StructuredData", None),
     ("deepCoadd_directWarp", ("tract", "patch", "visit"), "Exposure", None),
+    ("deepCoadd_psfMatchedWarp", ("tract", "patch", "visit"), "Exposure", None),
     ("deepCoadd", _TPB, "Exposure", None),
     ("deepCoadd_nImage", _TPB, "ImageF", None),
     ("deepCoadd_inputs", _TPB, "Catalog", None),

@@ -37,7 +37,7 @@ PIPELINES: dict[str, list[str]] = {
 DESIGN_OUTPUTS: dict[str, tuple[str, ...]] = {
     "process_eimage": ("calexp", "calexp_background", "src"),
     "make_skymap": ("skyMap",),
-    "warp": ("deepCoadd_directWarp",),
+    "warp": ("deepCoadd_directWarp", "deepCoadd_psfMatchedWarp"),
     "assemble_coadd": ("deepCoadd", "deepCoadd_nImage", "deepCoadd_inputs"),
     "detect_coadd": ("deepCoadd_det",),
     "merge_detections": ("deepCoadd_mergeDet",),
