@@ -350,9 +350,7 @@ def run_quantum(butler, data_id: dict, config: Config) -> dict:
         pm = matched.get(visit)
         warps.append(WarpInput(visit, _reader(butler, ref), None if pm is None else _reader(butler, pm),
                                band=band))
-    first = butler.read(direct[0])
-    wcs, shape = first.wcs, first.shape
-    del first
+    wcs, shape = _patch_grid(butler, tract, patch)
     missing = _missing_inputs(butler, band, {w.visit for w in warps}, wcs, shape) if wcs is not None else []
     result = run(warps, config, missing, band)
     did = {"tract": tract, "patch": patch, "band": band}
@@ -364,6 +362,16 @@ def run_quantum(butler, data_id: dict, config: Config) -> dict:
     butler.put(result.n_image, "deepCoadd_nImage", did)
     butler.put(result.inputs, "deepCoadd_inputs", did)
     return dict(result.metadata, written=True)
+
+
+def _patch_grid(butler, tract: int, patch: int):
+    """The patch's WCS and (ny, nx) from the sky map (the grid every warp of the patch is on)."""
+    from ..algorithms.skymap import SkyMap
+    sky = SkyMap.from_dict(butler.get("skyMap"))
+    if int(sky.tract) != int(tract) or patch not in sky.patches():
+        raise ProcessingError(f"tract {tract} patch {patch} is not in the sky map (tract {sky.tract}, patches "
+                              f"0..{sky.n_patches - 1}); run make_skymap again if the warps come from another one")
+    return sky.patch_wcs(patch), sky.patch_shape(patch)
 
 
 def _reader(butler, ref) -> Callable[[], Exposure]:

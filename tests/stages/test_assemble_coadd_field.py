@@ -1,0 +1,381 @@
+"""assemble_coadd end to end on a simulated tiny field: simulate -> process_eimage -> make_skymap -> warp -> coadd.
+
+One field per session: 512 x 512, 8 r visits dithered by 10" (so the coadd's coverage and PSF vary across each
+patch), 150 bright stars; one visit is never processed (its calexp is "missing"); into two processed calexps we
+add, before warping, a satellite trail (visit A) and a moving transient (visits B and C, 2" apart), as the
+simulator's own artifacts would appear (sim11 adds them to the eimages later). Tolerances from the noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from twinkles.algorithms.skymap import SkyMap
+from twinkles.cli import main as cli_main
+from twinkles.image import mask_bit
+from twinkles.measure import adaptive_moments, forced_psf_flux, moments_from_stamps, moments_to_fwhm
+from twinkles.repo import QuantumButler, Repository
+from twinkles.stages import assemble_coadd
+from twinkles.validate.single_frame import isolated
+
+RUN = "runs/l2"
+BAND = "r"
+
+
+def _add_trail(calexp, x0, y0, angle_deg, peak_e, sigma_px):
+    yy, xx = np.mgrid[0:calexp.height, 0:calexp.width]
+    a = math.radians(angle_deg)
+    d = -(xx - x0) * math.sin(a) + (yy - y0) * math.cos(a)
+    t = peak_e * np.exp(-0.5 * (d / sigma_px) ** 2)
+    calexp.image += t.astype(np.float32)
+    calexp.variance += t.astype(np.float32)
+
+
+def _add_point(calexp, x, y, flux_e):
+    st = calexp.psf.image_at(x, y, 31) * flux_e
+    ix, iy = int(round(x)), int(round(y))
+    calexp.image[iy - 15:iy + 16, ix - 15:ix + 16] += st.astype(np.float32)
+    calexp.variance[iy - 15:iy + 16, ix - 15:ix + 16] += np.clip(st, 0, None).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def coadd_field(tmp_path_factory):
+    from twinkles.sim.simulate import simulate_field
+    root = tmp_path_factory.mktemp("coadd") / "tiny"
+    simulate_field(root, preset="tiny", seed=5, bands=BAND, n_visits=8, n_bright_stars=150, dither_arcsec=10.0)
+    repo = Repository(root)
+    visits = sorted(r.data_id["visit"] for r in repo.query("eimage"))
+    failed, processed = visits[-1], visits[:-1]
+    ids = ",".join(str(v) for v in processed)
+    assert cli_main(["stage", "process_eimage", str(root), "--run", RUN, "--id", f"visit={ids}"]) == 0
+    # artifacts in single visits: a satellite trail (A) and a moving transient (B, C)
+    va, vb, vc = processed[1], processed[2], processed[3]
+    art = {}
+    cal = repo.get("calexp", {"visit": va, "detector": 0}, runs=[RUN])
+    sky_sigma = float(np.sqrt(np.median(cal.variance)))
+    _add_trail(cal, 256.0, 240.0, 31.0, 8.0 * sky_sigma, cal.metadata["psf_fwhm_px"] / 2.3548)
+    art["trail"] = (va, cal.wcs.pixel_to_world(np.array([0.0, 511.0]), 240.0 + np.tan(math.radians(31.0))
+                                               * (np.array([0.0, 511.0]) - 256.0)))
+    repo.put(cal, "calexp", {"visit": va, "detector": 0}, run=RUN)
+    art["transient"] = []
+    for v, (x, y) in ((vb, (180.0, 330.0)), (vc, (190.0, 331.0))):
+        cal = repo.get("calexp", {"visit": v, "detector": 0}, runs=[RUN])
+        _add_point(cal, x, y, 60.0 * sky_sigma * cal.metadata["psf_fwhm_px"])
+        art["transient"].append((v, cal.wcs.pixel_to_world(x, y)))
+        repo.put(cal, "calexp", {"visit": v, "detector": 0}, run=RUN)
+    for args in (["stage", "make_skymap", str(root), "--run", RUN],
+                 ["stage", "warp", str(root), "--run", RUN],
+                 ["stage", "assemble_coadd", str(root), "--run", RUN]):
+        assert cli_main(args) == 0, args
+    sky = SkyMap.from_dict(repo.get("skyMap", runs=[RUN]))
+    coadds = {}
+    for ref in repo.query("deepCoadd", runs=[RUN]):
+        p = ref.data_id["patch"]
+        coadds[p] = (repo.read(ref), repo.get("deepCoadd_nImage", ref.data_id, runs=[RUN]),
+                     repo.get("deepCoadd_inputs", ref.data_id, runs=[RUN]))
+    truth = repo.get("truth_catalog", runs=["truth"])
+    return {"repo": repo, "sky": sky, "coadds": coadds, "truth": truth, "failed": failed, "artifacts": art,
+            "processed": processed}
+
+
+def _truth_xy(truth, wcs):
+    x, y = wcs.all_world2pix(np.asarray(truth["ra"]), np.asarray(truth["dec"]), 0)
+    return x, y
+
+
+def _empty_pixels(f, coadd, nimage):
+    """Pixels with data, not DETECTED in any input, > 3" from every truth object brighter than 1000 nJy."""
+    truth = f["truth"]
+    x, y = _truth_xy(truth, coadd.wcs)
+    fl = np.asarray(truth[f"{BAND}_flux"], float)
+    far = np.ones(coadd.shape, bool)
+    yy, xx = np.mgrid[0:coadd.shape[0], 0:coadd.shape[1]]
+    for xi, yi, fi in zip(x, y, fl):
+        if fi < 1000 or not (-30 < xi < coadd.shape[1] + 30 and -30 < yi < coadd.shape[0] + 30):
+            continue
+        r = 15 + 5 * max(0.0, math.log10(fi / 1000.0)) * 3
+        y0, y1 = max(0, int(yi - r)), int(yi + r + 1)
+        x0, x1 = max(0, int(xi - r)), int(xi + r + 1)
+        far[y0:y1, x0:x1] &= np.hypot(xx[y0:y1, x0:x1] - xi, yy[y0:y1, x0:x1] - yi) > r
+    bad = mask_bit("NO_DATA", "DETECTED", "INEXACT_PSF")
+    return far & ((coadd.mask & bad) == 0) & (nimage > 0)
+
+
+def _robust_sd(a):
+    a = np.asarray(a, float)
+    return 1.4826 * np.median(np.abs(a - np.median(a)))
+
+
+def test_coadds_inputs_and_missing_visit(coadd_field):
+    f = coadd_field
+    assert len(f["coadds"]) == f["sky"].n_patches  # every patch covered -> a coadd
+    for patch, (coadd, nimage, inputs) in f["coadds"].items():
+        assert coadd.photo_calib.njy_per_electron == 1.0 and coadd.psf is not None
+        assert np.all((coadd.mask[nimage == 0] & mask_bit("NO_DATA")) != 0)
+        assert not np.any((coadd.mask[nimage > 0] & mask_bit("NO_DATA")) != 0)
+        rows = {int(r["visit"]): r for r in inputs}
+        assert rows[f["failed"]]["status"] == "missing" and "no calexp" in rows[f["failed"]]["reason"]
+        used = [v for v, r in rows.items() if r["status"] == "used"]
+        assert set(used) <= set(f["processed"]) and len(used) >= len(f["processed"]) - 1
+        assert nimage.max() <= len(used)
+        w = np.asarray(inputs["weight"])[np.asarray(inputs["status"]) == "used"]
+        assert np.all(w > 0) and np.all(np.isfinite(inputs["psf_fwhm_px"][np.asarray(inputs["status"]) == "used"]))
+
+
+def test_coadd_pixel_noise_matches_variance(coadd_field):
+    for patch, (coadd, nimage, _) in coadd_field["coadds"].items():
+        sel = _empty_pixels(coadd_field, coadd, nimage)
+        if sel.sum() < 5000:
+            continue
+        chi = coadd.image[sel] / np.sqrt(coadd.variance[sel])
+        sd = _robust_sd(chi)  # robust: faint undetected galaxies
+        assert abs(sd - 1) < 0.05, (patch, sd, sel.sum())
+
+
+def test_coadd_noise_falls_with_inputs(coadd_field):
+    f = coadd_field
+    repo = f["repo"]
+    seen = []
+    for patch, (coadd, nimage, inputs) in f["coadds"].items():
+        sel0 = _empty_pixels(f, coadd, nimage)
+        used = [int(v) for v, s in zip(inputs["visit"], inputs["status"]) if s == "used"]
+        # each input's sky variance and weight, from its warp
+        var, w = [], []
+        for v in used:
+            warp = repo.get("deepCoadd_directWarp", {"tract": 0, "patch": patch, "visit": v}, runs=[RUN])
+            good = np.isfinite(warp.variance) & ((warp.mask & mask_bit("NO_DATA", "DETECTED")) == 0)
+            var.append(float(np.median(warp.variance[good])))
+            w.append(float(inputs["weight"][list(inputs["visit"]).index(v)]))
+        var, w = np.array(var), np.array(w)
+        for n in np.unique(nimage[sel0]):
+            sel = sel0 & (nimage == n)
+            if sel.sum() < 3000 or n != len(used):
+                continue  # where every input covers: the set is known
+            expected = math.sqrt(np.sum(w**2 * var)) / np.sum(w)
+            sd = _robust_sd(coadd.image[sel])
+            assert sd == pytest.approx(expected, rel=0.05), (patch, n, sd, expected)
+            seen.append((int(n), sd, float(math.sqrt(np.median(var)))))
+    assert seen
+    for n, sd, single in seen:  # ~ 1/sqrt(N) of one input's noise
+        assert sd / single == pytest.approx(1 / math.sqrt(n), rel=0.25)
+
+
+def _blank_psf_fluxes(exposure, psf, sel, rng, sep=20):
+    cand = np.argwhere(sel)
+    taken = np.zeros(sel.shape, bool)
+    picks = []
+    for iy, ix in cand[rng.permutation(len(cand))]:
+        if not taken[iy, ix]:
+            picks.append((iy, ix))
+            taken[max(0, iy - sep):iy + sep + 1, max(0, ix - sep):ix + sep + 1] = True
+    g = np.array(picks)
+    fl, er, flag = forced_psf_flux(exposure.image, exposure.variance, exposure.mask, psf, g[:, 1] + 0.0,
+                                   g[:, 0] + 0.0)
+    return fl[~flag], er[~flag]
+
+
+def test_coadd_depth_from_the_inputs_depths(coadd_field):
+    f = coadd_field
+    repo = f["repo"]
+    rng = np.random.default_rng(1)
+    patch = max(f["coadds"], key=lambda p: (f["coadds"][p][1] > 0).sum())
+    coadd, nimage, inputs = f["coadds"][patch]
+    used = [int(v) for v, s in zip(inputs["visit"], inputs["status"]) if s == "used"]
+    sel = _empty_pixels(f, coadd, nimage) & (nimage == len(used))
+    fl, _ = _blank_psf_fluxes(coadd, coadd.psf, sel, rng)
+    n = len(fl)
+    assert n > 60
+    m5 = 31.4 - 2.5 * math.log10(5 * _robust_sd(fl))
+    m5_in = []
+    for v in used:
+        warp = repo.get("deepCoadd_directWarp", {"tract": 0, "patch": patch, "visit": v}, runs=[RUN])
+        wf, _ = _blank_psf_fluxes(warp, warp.psf, sel, np.random.default_rng(v))
+        m5_in.append(31.4 - 2.5 * math.log10(5 * _robust_sd(wf)))
+    predicted = 1.25 * math.log10(np.sum(10 ** (0.8 * np.array(m5_in))))
+    se = 1.086 * 1.25 / math.sqrt(2 * n)  # the robust sd's standard error, in mag (x sqrt(N) inputs' too)
+    assert abs(m5 - predicted) < max(0.1, 3 * se), (m5, predicted, n)
+
+
+def _stars(f, coadd, nimage, snr_min=20.0):
+    truth = f["truth"]
+    sel = (np.asarray(truth["type"]) == "star") & isolated(truth, BAND, radius_arcsec=5.0, flux_ratio=0.01)
+    t = truth[sel]
+    x, y = _truth_xy(t, coadd.wcs)
+    inside = (x > 15) & (y > 15) & (x < coadd.shape[1] - 15) & (y < coadd.shape[0] - 15)
+    t, x, y = t[inside], x[inside], y[inside]
+    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+    bad = mask_bit("NO_DATA", "SAT", "INEXACT_PSF", "BAD")
+    clean = np.array([not np.any(coadd.mask[b - 6:b + 7, a - 6:a + 7] & bad) for a, b in zip(ix, iy)], bool)
+    fl, er, flag = forced_psf_flux(coadd.image, coadd.variance, coadd.mask, coadd.psf, x, y)
+    ok = clean & ~flag & (fl / er > snr_min)
+    return t[ok], x[ok], y[ok], fl[ok], er[ok]
+
+
+def test_coadd_psf_matches_coadd_stars(coadd_field):
+    f = coadd_field
+    rows = []
+    for patch, (coadd, nimage, _) in f["coadds"].items():
+        t, x, y, fl, er = _stars(f, coadd, nimage, snr_min=200.0)
+        if len(t) == 0:
+            continue
+        good = (coadd.mask & mask_bit("NO_DATA", "SAT")) == 0
+        s0 = coadd.psf.fwhm() / 2.3548
+        star = adaptive_moments(coadd.image, x, y, good, guess_sigma=s0, size=31)
+        model = moments_from_stamps(coadd.psf.kernels_at(x, y, 31), None, s0)
+        for k in range(len(t)):
+            if star["flag"][k] or model["flag"][k]:
+                continue
+            ts, tm = star["ixx"][k] + star["iyy"][k], model["ixx"][k] + model["iyy"][k]
+            rows.append((patch, x[k], moments_to_fwhm(star["ixx"][k], star["iyy"][k], star["ixy"][k]),
+                         moments_to_fwhm(model["ixx"][k], model["iyy"][k], model["ixy"][k]),
+                         (star["ixx"][k] - star["iyy"][k]) / ts, (model["ixx"][k] - model["iyy"][k]) / tm,
+                         2 * star["ixy"][k] / ts, 2 * model["ixy"][k] / tm, fl[k] / er[k]))
+    r = np.array(rows)
+    assert len(r) >= 20
+    ratio, de1, de2 = r[:, 2] / r[:, 3], r[:, 4] - r[:, 5], r[:, 6] - r[:, 7]
+    # across the patches: each patch's stars (different parts of the field and coverage)
+    for patch in np.unique(r[:, 0]):
+        s = r[:, 0] == patch
+        if s.sum() < 5:
+            continue
+        se = lambda a: np.std(a[s]) / math.sqrt(s.sum())  # noqa: E731
+        assert abs(np.mean(ratio[s]) - 1) < 0.02 + 2 * se(ratio), (patch, np.mean(ratio[s]))
+        assert abs(np.mean(de1[s])) < 0.01 + 2 * se(de1), (patch, np.mean(de1[s]))
+        assert abs(np.mean(de2[s])) < 0.01 + 2 * se(de2), (patch, np.mean(de2[s]))
+
+
+def test_coadd_psf_photometry_pulls(coadd_field):
+    f = coadd_field
+    pulls = []
+    for patch, (coadd, nimage, _) in f["coadds"].items():
+        sky = f["sky"]
+        t, x, y, fl, er = _stars(f, coadd, nimage, snr_min=10.0)
+        x0, y0, x1, y1 = sky.inner_bbox(patch)
+        inner = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)  # each star once
+        true = np.asarray(t[f"{BAND}_flux"], float)
+        bright = inner & (fl / er > 100)
+        # the PSF flux measures the flux inside the PSF model's stamp: one aperture correction per patch,
+        # from the bright stars (as a coadd measurement stage will do)
+        apcorr = np.median(fl[bright] / true[bright]) if bright.sum() >= 5 else 1.0
+        faint = inner & (fl / er < 300)
+        pulls.extend(((fl / apcorr - true) / (er / apcorr))[faint])
+    p = np.array(pulls)
+    assert len(p) >= 40
+    sd = np.std(p)
+    se = 1 / math.sqrt(2 * len(p))
+    assert min(0.9, 1 - 3 * se) <= sd <= max(1.15, 1 + 3 * se), (sd, len(p))
+
+
+def test_trail_and_moving_transient_absent(coadd_field):
+    f = coadd_field
+    art = f["artifacts"]
+    checked = 0
+    for patch, (coadd, nimage, inputs) in f["coadds"].items():
+        rows = {int(r["visit"]): r for r in inputs}
+        # the transient: PSF flux at each position consistent with the sky around it
+        for v, pos in art["transient"]:
+            x, y = coadd.wcs.world_to_pixel(pos)
+            if not (20 < x < coadd.shape[1] - 20 and 20 < y < coadd.shape[0] - 20) or nimage[int(y), int(x)] == 0:
+                continue
+            fl, er, _ = forced_psf_flux(coadd.image, coadd.variance, coadd.mask, coadd.psf, [float(x)], [float(y)])
+            assert abs(fl[0] / er[0]) < 3 * 1.15, (patch, v, fl, er)  # (resampled noise: errors ~1.1x low)
+            assert rows[v]["n_artifact_pixels"] > 20
+            checked += 1
+        # the trail: the mean along it (away from sources) within 3 sigma of the coadd noise of that mean,
+        # the noise of such a mean measured on parallel bands off the trail (correlated noise included)
+        va, ends = art["trail"]
+        (xa, xb), (ya, yb) = coadd.wcs.world_to_pixel(ends)
+        yy, xx = np.mgrid[0:coadd.shape[0], 0:coadd.shape[1]]
+        d = ((xb - xa) * (yy - ya) - (yb - ya) * (xx - xa)) / math.hypot(xb - xa, yb - ya)
+        empty = _empty_pixels(f, coadd, nimage) | ((coadd.mask & mask_bit("INEXACT_PSF")) != 0) & \
+            _empty_pixels_no_inexact(f, coadd, nimage)
+        band = empty & (np.abs(d) < 4)
+        if band.sum() < 200:
+            continue
+        means = [coadd.image[empty & (np.abs(d - off) < 4)].mean() for off in range(-80, 81, 10)
+                 if abs(off) >= 20 and (empty & (np.abs(d - off) < 4)).sum() > 100]
+        z = coadd.image[band].mean() / np.std(means)
+        assert abs(z) < 3, (patch, z)
+        assert rows[va]["n_artifact_pixels"] > 200
+        checked += 1
+    assert checked >= 2
+
+
+def _empty_pixels_no_inexact(f, coadd, nimage):
+    """As _empty_pixels, but INEXACT_PSF pixels (the clipped trail itself) allowed."""
+    truth = f["truth"]
+    saved = coadd.mask
+    coadd.mask = saved & ~mask_bit("INEXACT_PSF")
+    try:
+        return _empty_pixels(f, coadd, nimage)
+    finally:
+        coadd.mask = saved
+
+
+def test_bright_star_cores_not_rejected(coadd_field):
+    f = coadd_field
+    repo = f["repo"]
+    did0 = {"tract": 0, "band": BAND}
+    checked = 0
+    for patch, (coadd, nimage, inputs) in f["coadds"].items():
+        t, x, y, fl, er = _stars(f, coadd, nimage, snr_min=300.0)
+        if not len(t):
+            continue
+        # the same coadd without artifact rejection: the cores must agree
+        warps = []
+        for r in inputs:
+            if r["status"] != "used":
+                continue
+            v = int(r["visit"])
+            warps.append(assemble_coadd.WarpInput(v, repo.get("deepCoadd_directWarp", dict(did0, patch=patch, visit=v),
+                                                                runs=[RUN])))
+        plain = assemble_coadd.run(warps, assemble_coadd.Config(do_artifact_rejection=False), band=BAND).coadd
+        fp, _, _ = forced_psf_flux(plain.image, plain.variance, plain.mask, coadd.psf, x, y)
+        assert np.all(np.abs(fl / fp - 1) < 0.005), np.max(np.abs(fl / fp - 1))
+        n_used = len(warps)
+        for a, b in zip(np.rint(x).astype(int), np.rint(y).astype(int)):
+            assert nimage[b - 2:b + 3, a - 2:a + 3].min() >= n_used - 1  # at most a masked pixel's input
+        checked += len(t)
+    assert checked >= 5
+
+
+def test_same_star_same_flux_in_overlapping_patches(coadd_field):
+    f = coadd_field
+    truth = f["truth"]
+    sel = (np.asarray(truth["type"]) == "star") & isolated(truth, BAND, radius_arcsec=5.0, flux_ratio=0.01)
+    t = truth[sel]
+    per_patch = {}
+    for patch, (coadd, nimage, _) in f["coadds"].items():
+        x, y = _truth_xy(t, coadd.wcs)
+        fl, er, flag = forced_psf_flux(coadd.image, coadd.variance, coadd.mask, coadd.psf, x, y)
+        ix, iy = np.clip(np.rint(x).astype(int), 0, coadd.shape[1] - 1), np.clip(np.rint(y).astype(int), 0,
+                                                                                 coadd.shape[0] - 1)
+        inside = (x > 12) & (y > 12) & (x < coadd.shape[1] - 12) & (y < coadd.shape[0] - 12)
+        inexact = (coadd.mask[iy, ix] & mask_bit("INEXACT_PSF", "NO_DATA")) != 0
+        per_patch[patch] = (fl, er, ~flag & inside & ~inexact & (fl / er > 5))
+    z = []
+    for a in per_patch:
+        for b in per_patch:
+            if b <= a:
+                continue
+            both = per_patch[a][2] & per_patch[b][2]
+            z.extend((per_patch[a][0][both] - per_patch[b][0][both])
+                     / np.hypot(per_patch[a][1][both], per_patch[b][1][both]))
+    z = np.array(z)
+    assert len(z) >= 5
+    assert np.all(np.abs(z) < 3), z  # the same pixels resampled onto the same tract grid: within the errors
+    assert abs(np.mean(z)) < 3 / math.sqrt(len(z))
+
+
+def test_patch_without_warps_gives_no_coadd_and_no_error(coadd_field):
+    f = coadd_field
+    repo = f["repo"]
+    assert assemble_coadd.find_quanta(repo, {"band": "g"}, [RUN, "raw"]) == []
+    butler = QuantumButler(repo, RUN, ["raw"])
+    meta = assemble_coadd.run_quantum(butler, {"tract": 0, "patch": 0, "band": "g"}, assemble_coadd.Config())
+    assert meta["written"] is False and meta["n_inputs"] == 0 and butler.outputs == []
+    quanta = assemble_coadd.find_quanta(repo, {}, [RUN, "raw"])
+    assert {(q["patch"], q["band"]) for q in quanta} == {(p, BAND) for p in f["coadds"]}
