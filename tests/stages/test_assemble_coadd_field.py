@@ -1,7 +1,7 @@
 """assemble_coadd end to end on a simulated tiny field: simulate -> process_eimage -> make_skymap -> warp -> coadd.
 
-One field per session: 512 x 512, 8 r visits dithered by 10" (so the coadd's coverage and PSF vary across each
-patch), 150 bright stars; one visit is never processed (its calexp is "missing"); into two processed calexps we
+One field per session: 512 x 512, 8 r visits, 400 sprinkled stars of r 18.5 - 24.5 (the four 500 x 500 patches each cover a
+different part of the field, so the coadd PSF varies between and across them); one visit is never processed (its calexp is "missing"); into two processed calexps we
 add, before warping, a satellite trail (visit A) and a moving transient (visits B and C, 2" apart), as the
 simulator's own artifacts would appear (sim11 adds them to the eimages later). Tolerances from the noise.
 """
@@ -43,9 +43,13 @@ def _add_point(calexp, x, y, flux_e):
 
 @pytest.fixture(scope="session")
 def coadd_field(tmp_path_factory):
+    return build_field(tmp_path_factory.mktemp("coadd") / "tiny")
+
+
+def build_field(root):
     from twinkles.sim.simulate import simulate_field
-    root = tmp_path_factory.mktemp("coadd") / "tiny"
-    simulate_field(root, preset="tiny", seed=5, bands=BAND, n_visits=8, n_bright_stars=150, dither_arcsec=10.0)
+    simulate_field(root, preset="tiny", seed=5, bands=BAND, n_visits=8, n_bright_stars=400,
+                   bright_star_mag_range=(18.5, 24.5))
     repo = Repository(root)
     visits = sorted(r.data_id["visit"] for r in repo.query("eimage"))
     failed, processed = visits[-1], visits[:-1]
@@ -61,7 +65,16 @@ def coadd_field(tmp_path_factory):
                                                * (np.array([0.0, 511.0]) - 256.0)))
     repo.put(cal, "calexp", {"visit": va, "detector": 0}, run=RUN)
     art["transient"] = []
-    for v, (x, y) in ((vb, (180.0, 330.0)), (vc, (190.0, 331.0))):
+    # on blank sky: the point of the central area farthest from truth objects brighter than 100 nJy
+    truth = repo.get("truth_catalog", runs=["truth"])
+    tb = truth[np.asarray(truth[f"{BAND}_flux"], float) > 100]
+    tx, ty = cal.wcs.all_world2pix(np.asarray(tb["ra"]), np.asarray(tb["dec"]), 0)
+    gy, gx = np.mgrid[80:430:5, 80:420:5]
+    dist = np.min(np.hypot(gx.ravel()[:, None] - tx[None, :], gy.ravel()[:, None] - ty[None, :])
+                  + np.hypot(gx.ravel()[:, None] + 10 - tx[None, :], gy.ravel()[:, None] - ty[None, :]), axis=1)
+    k = int(np.argmax(dist))
+    x0, y0 = float(gx.ravel()[k]), float(gy.ravel()[k])
+    for v, (x, y) in ((vb, (x0, y0)), (vc, (x0 + 10.0, y0 + 0.5))):
         cal = repo.get("calexp", {"visit": v, "detector": 0}, runs=[RUN])
         _add_point(cal, x, y, 60.0 * sky_sigma * cal.metadata["psf_fwhm_px"])
         art["transient"].append((v, cal.wcs.pixel_to_world(x, y)))
@@ -87,16 +100,17 @@ def _truth_xy(truth, wcs):
 
 
 def _empty_pixels(f, coadd, nimage):
-    """Pixels with data, not DETECTED in any input, > 3" from every truth object brighter than 1000 nJy."""
+    """Pixels with data, not DETECTED in any input, away from every truth object brighter than 500 nJy (by
+    5 px, plus 4 px per factor 10 in flux)."""
     truth = f["truth"]
     x, y = _truth_xy(truth, coadd.wcs)
     fl = np.asarray(truth[f"{BAND}_flux"], float)
     far = np.ones(coadd.shape, bool)
     yy, xx = np.mgrid[0:coadd.shape[0], 0:coadd.shape[1]]
     for xi, yi, fi in zip(x, y, fl):
-        if fi < 1000 or not (-30 < xi < coadd.shape[1] + 30 and -30 < yi < coadd.shape[0] + 30):
+        if fi < 500 or not (-30 < xi < coadd.shape[1] + 30 and -30 < yi < coadd.shape[0] + 30):
             continue
-        r = 15 + 5 * max(0.0, math.log10(fi / 1000.0)) * 3
+        r = 5 + 4 * max(0.0, math.log10(fi / 500.0))
         y0, y1 = max(0, int(yi - r)), int(yi + r + 1)
         x0, x1 = max(0, int(xi - r)), int(xi + r + 1)
         far[y0:y1, x0:x1] &= np.hypot(xx[y0:y1, x0:x1] - xi, yy[y0:y1, x0:x1] - yi) > r
@@ -180,28 +194,45 @@ def _blank_psf_fluxes(exposure, psf, sel, rng, sep=20):
 def test_coadd_depth_from_the_inputs_depths(coadd_field):
     f = coadd_field
     repo = f["repo"]
-    rng = np.random.default_rng(1)
-    patch = max(f["coadds"], key=lambda p: (f["coadds"][p][1] > 0).sum())
-    coadd, nimage, inputs = f["coadds"][patch]
-    used = [int(v) for v, s in zip(inputs["visit"], inputs["status"]) if s == "used"]
-    sel = _empty_pixels(f, coadd, nimage) & (nimage == len(used))
-    fl, _ = _blank_psf_fluxes(coadd, coadd.psf, sel, rng)
-    n = len(fl)
-    assert n > 60
-    m5 = 31.4 - 2.5 * math.log10(5 * _robust_sd(fl))
-    m5_in = []
-    for v in used:
-        warp = repo.get("deepCoadd_directWarp", {"tract": 0, "patch": patch, "visit": v}, runs=[RUN])
-        wf, _ = _blank_psf_fluxes(warp, warp.psf, sel, np.random.default_rng(v))
-        m5_in.append(31.4 - 2.5 * math.log10(5 * _robust_sd(wf)))
-    predicted = 1.25 * math.log10(np.sum(10 ** (0.8 * np.array(m5_in))))
-    se = 1.086 * 1.25 / math.sqrt(2 * n)  # the robust sd's standard error, in mag (x sqrt(N) inputs' too)
-    assert abs(m5 - predicted) < max(0.1, 3 * se), (m5, predicted, n)
+    m5, m5_pred, ns = [], [], []
+    for patch, (coadd, nimage, inputs) in f["coadds"].items():
+        used = [int(v) for v, s in zip(inputs["visit"], inputs["status"]) if s == "used"]
+        sel = _empty_pixels(f, coadd, nimage) & (nimage == len(used))
+        x0, y0, x1, y1 = f["sky"].inner_bbox(patch)
+        inner = np.zeros(sel.shape, bool)
+        inner[y0:y1, x0:x1] = True
+        sel &= inner  # each position once over the patches
+        if sel.sum() < 2000:
+            continue
+        fl, _ = _blank_psf_fluxes(coadd, coadd.psf, sel, np.random.default_rng(patch), sep=14)
+        cx, cy = (coadd.shape[1] - 1) / 2, (coadd.shape[0] - 1) / 2
+        pc2 = float((coadd.psf.kernel_image(cx, cy) ** 2).sum())
+        var_f = 0.0
+        weights = {int(v): float(w) for v, w in zip(inputs["visit"], inputs["weight"])}
+        wsum = sum(weights[v] for v in used)
+        for v in used:
+            warp = repo.get("deepCoadd_directWarp", {"tract": 0, "patch": patch, "visit": v}, runs=[RUN])
+            wf, _ = _blank_psf_fluxes(warp, warp.psf, sel, np.random.default_rng(patch), sep=14)
+            # input i's depth (sigma_i of a PSF flux) -> its pixel noise sigma_i^2 sum(P_i^2); with the coadd's
+            # weights: sigma_F^2 = sum_i (w_i / W)^2 sigma_i^2 sum(P_i^2) / sum(P_coadd^2)
+            pi2 = float((warp.psf.kernel_image(cx, cy) ** 2).sum())
+            var_f += (weights[v] / wsum) ** 2 * _robust_sd(wf) ** 2 * pi2 / pc2
+        m5.append(31.4 - 2.5 * math.log10(5 * _robust_sd(fl)))
+        m5_pred.append(31.4 - 2.5 * math.log10(5 * math.sqrt(var_f)))
+        ns.append(len(fl))
+    assert len(m5) >= 2, (m5, ns)
+    m5, m5_pred, ns = np.array(m5), np.array(m5_pred), np.array(ns)
+    # the robust sd's standard error (~1.6x a Gaussian sd's), in mag; the inputs' own (averaged) count less
+    se = 1.086 * 1.6 / np.sqrt(2 * ns)
+    for a, b, e in zip(m5, m5_pred, se):
+        assert abs(a - b) < max(0.1, 3 * e), (a, b, e)
+    mean_se = 1.086 * 1.6 / math.sqrt(2 * ns.sum())
+    assert abs(np.average(m5 - m5_pred, weights=ns)) < max(0.1, 3 * mean_se), (m5, m5_pred, ns)
 
 
 def _stars(f, coadd, nimage, snr_min=20.0):
     truth = f["truth"]
-    sel = (np.asarray(truth["type"]) == "star") & isolated(truth, BAND, radius_arcsec=5.0, flux_ratio=0.01)
+    sel = (np.asarray(truth["type"]) == "star") & isolated(truth, BAND, radius_arcsec=2.0, flux_ratio=0.1)
     t = truth[sel]
     x, y = _truth_xy(t, coadd.wcs)
     inside = (x > 15) & (y > 15) & (x < coadd.shape[1] - 15) & (y < coadd.shape[0] - 15)
@@ -234,7 +265,7 @@ def test_coadd_psf_matches_coadd_stars(coadd_field):
                          (star["ixx"][k] - star["iyy"][k]) / ts, (model["ixx"][k] - model["iyy"][k]) / tm,
                          2 * star["ixy"][k] / ts, 2 * model["ixy"][k] / tm, fl[k] / er[k]))
     r = np.array(rows)
-    assert len(r) >= 20
+    assert len(r) >= 20, len(r)
     ratio, de1, de2 = r[:, 2] / r[:, 3], r[:, 4] - r[:, 5], r[:, 6] - r[:, 7]
     # across the patches: each patch's stars (different parts of the field and coverage)
     for patch in np.unique(r[:, 0]):
@@ -260,11 +291,13 @@ def test_coadd_psf_photometry_pulls(coadd_field):
         # the PSF flux measures the flux inside the PSF model's stamp: one aperture correction per patch,
         # from the bright stars (as a coadd measurement stage will do)
         apcorr = np.median(fl[bright] / true[bright]) if bright.sum() >= 5 else 1.0
-        faint = inner & (fl / er < 300)
+        faint = inner & (fl / er < 60)  # noise-dominated: above, ~1% PSF-model errors of the calexps dominate
+        # the errors with the coadd's noise-correlation factor (resampling), as measurement stages apply it
+        er = er * coadd.metadata["psf_flux_noise_factor"]
         pulls.extend(((fl / apcorr - true) / (er / apcorr))[faint])
     p = np.array(pulls)
-    assert len(p) >= 40
-    sd = np.std(p)
+    assert len(p) >= 25, len(p)
+    sd = _robust_sd(p)  # robust: a few stars have unresolved neighbours
     se = 1 / math.sqrt(2 * len(p))
     assert min(0.9, 1 - 3 * se) <= sd <= max(1.15, 1 + 3 * se), (sd, len(p))
 
@@ -281,7 +314,7 @@ def test_trail_and_moving_transient_absent(coadd_field):
             if not (20 < x < coadd.shape[1] - 20 and 20 < y < coadd.shape[0] - 20) or nimage[int(y), int(x)] == 0:
                 continue
             fl, er, _ = forced_psf_flux(coadd.image, coadd.variance, coadd.mask, coadd.psf, [float(x)], [float(y)])
-            assert abs(fl[0] / er[0]) < 3 * 1.15, (patch, v, fl, er)  # (resampled noise: errors ~1.1x low)
+            assert abs(fl[0] / (er[0] * coadd.metadata["psf_flux_noise_factor"])) < 3, (patch, v, fl, er)
             assert rows[v]["n_artifact_pixels"] > 20
             checked += 1
         # the trail: the mean along it (away from sources) within 3 sigma of the coadd noise of that mean,
@@ -345,7 +378,7 @@ def test_bright_star_cores_not_rejected(coadd_field):
 def test_same_star_same_flux_in_overlapping_patches(coadd_field):
     f = coadd_field
     truth = f["truth"]
-    sel = (np.asarray(truth["type"]) == "star") & isolated(truth, BAND, radius_arcsec=5.0, flux_ratio=0.01)
+    sel = (np.asarray(truth["type"]) == "star") & isolated(truth, BAND, radius_arcsec=2.0, flux_ratio=0.1)
     t = truth[sel]
     per_patch = {}
     for patch, (coadd, nimage, _) in f["coadds"].items():

@@ -16,7 +16,10 @@ The DM stack's ``AssembleCoaddTask`` with ``CompareWarpAssembleCoaddTask``'s art
    ``deepCoadd_nImage`` the inputs used per pixel;
 4. coadd PSF (:class:`~twinkles.psf.CoaddPsf`): the same weighted sum of the warps' PSFs (already in the patch
    frame) over the inputs whose coverage polygon holds the position;
-5. ``deepCoadd_inputs``: every input visit of the band with its weight, PSF size and status -- ``used``,
+5. the noise correlation: PSF-flux errors from the variance plane are too small by the factor
+   ``psf_flux_noise_factor`` in the coadd's metadata (resampling correlates neighbouring pixels), which
+   measurement stages apply;
+6. ``deepCoadd_inputs``: every input visit of the band with its weight, PSF size and status -- ``used``,
    ``rejected`` (no usable pixels, or no PSF-matched warp to check it against: DM masks the whole epoch then) or
    ``missing`` with the reason (a visit whose calexp or warp job failed, from the eimages, calexps and job
    records of the registry).
@@ -38,7 +41,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from ..algorithms.coadd import (CoaddAccumulator, coverage_edge, coverage_polygon, find_artifacts,
-                                static_sky_model, usable, warp_weight)
+                                resampling_noise_factor, static_sky_model, usable, warp_weight)
 from ..image import Exposure, PhotoCalib, mask_bit
 from ..psf import SIGMA_TO_FWHM, CoaddPsf
 from . import ProcessingError
@@ -120,6 +123,8 @@ def run(warps: list[WarpInput], config: Config | None = None, missing: list[dict
         return Result(None, None, inputs, {"n_inputs": 0, "band": band})
     coadd.psf = psf
     meta = _metadata(coadd, n_image, inputs, band)
+    cy, cx = (np.array(coadd.shape) - 1) / 2.0
+    meta["psf_flux_noise_factor"] = resampling_noise_factor(psf.kernel_image(cx, cy))
     coadd.metadata.update({k: v for k, v in meta.items() if isinstance(v, (int, float, str))})
     return Result(coadd, n_image, inputs, meta)
 
