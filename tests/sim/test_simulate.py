@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from astropy.table import Table
 from scipy import ndimage
 
 from twinkles.cli import main
@@ -319,5 +320,64 @@ def test_twinkles1_visit(tmp_path):
     wcs = true_wcs(_visit_rows(repo)[0], repo.config)
     x, y = wcs.all_world2pix(truth["ra"], truth["dec"], 0)
     on = (x > 0) & (x < 4095) & (y > 0) & (y < 4095)
-    n_gal = (on & (np.asarray(truth["type"]) == "galaxy")).sum()
+    gal = on & (np.asarray(truth["type"]) == "galaxy")
+    r = 31.4 - 2.5 * np.log10(np.asarray(truth["r_flux"], float))
+    n_gal = (gal & (r < 25.5)).sum()
     assert 12000 < n_gal < 20000  # ~87 galaxies per arcmin^2 to r = 25.5 on 186 arcmin^2
+    # and the faint ones to 1.5 mag beyond the deepest coadd of this simulation's cadence (here its one visit)
+    from twinkles.sim.skymodel import faint_galaxy_limit, galaxy_counts_per_arcmin2
+    vt = repo.get("visit_table")
+    limit = faint_galaxy_limit(repo.config["simulation"], Table({"band": vt["band"],
+                                                                  "fiveSigmaDepth": vt["fiveSigmaDepthReported"]}))
+    assert limit - 0.1 < r[gal].max() < limit
+    n_exp = galaxy_counts_per_arcmin2(repo.config["simulation"], 25.5, limit, limit) * (4096 * 0.2 / 60) ** 2
+    assert abs((gal & (r >= 25.5)).sum() - n_exp) < 5 * math.sqrt(n_exp) + 0.02 * n_exp
+
+
+def test_faint_galaxies_are_rendered_with_the_model_counts_and_their_light(clean_repo, clean_state):
+    """The faint galaxies (pure disks beyond r = 25.5) on the detector are all drawn, their number per 0.5 mag
+    matches the count model times the detector's area (Poisson, 4 sigma per bin), and their light is in the
+    eimages: image - true sky - noiseless model *without* them sums to the noiseless faint-galaxy light, which
+    is the truth flux of those inside the image (edge spill-over aside) -- within 4 sigma of the pixel noise."""
+    import copy
+
+    from twinkles.sim.render import GalaxyStamps, is_fast_disk
+    from twinkles.sim.simulate import VisitRenderer
+    from twinkles.sim.skymodel import faint_galaxy_limit, galaxy_counts_per_arcmin2
+    cfg, sky, rows, renderer = clean_state
+    t = sky.truth
+    faint = np.flatnonzero(is_fast_disk(t))
+    row0 = rows[0]
+    wcs = true_wcs(row0, cfg)
+    stamps = GalaxyStamps(t, wcs, 512, 512, renderer.pad, 0.2, cfg["galaxy_core_sigma_px"])
+    x, y = wcs.all_world2pix(t["ra"], t["dec"], 0)
+    on = faint[(x[faint] >= -0.5) & (x[faint] < 511.5) & (y[faint] >= -0.5) & (y[faint] < 511.5)]
+    assert set(on) <= set(stamps.fast_rows) and not set(stamps.rows) & set(faint)
+    r = 31.4 - 2.5 * np.log10(np.asarray(t["r_flux"])[on])
+    vt = clean_repo.get("visit_table")
+    limit = faint_galaxy_limit(cfg, Table({"band": vt["band"], "fiveSigmaDepth": vt["fiveSigmaDepthReported"]}))
+    assert r.max() < limit and r.max() > limit - 0.2
+    area = (512 * 0.2 / 60.0) ** 2
+    edges = np.arange(25.5, limit, 0.25)
+    n_obs = np.histogram(r, edges)[0]
+    n_exp = np.array([galaxy_counts_per_arcmin2(cfg, a, b, limit) * area for a, b in zip(edges[:-1], edges[1:])])
+    assert np.all(np.abs(n_obs - n_exp) < 4 * np.sqrt(n_exp)), (n_obs, n_exp)
+    # their light, in the pixels
+    sky0 = copy.copy(sky)
+    sky0.truth = t.copy()
+    for b in "ugrizy":
+        sky0.truth[f"{b}_flux"][faint] = 0.0
+    without = VisitRenderer(cfg, sky0, 0, artifacts=renderer.artifacts)
+    s_sum = e_sum = v_sum = 0.0
+    for i, row in enumerate(rows):
+        exp = clean_repo.get("eimage", {"visit": row["visit"], "detector": 0})
+        keep = ~ndimage.binary_dilation(exp.image >= 0.8 * cfg["saturation_e"], iterations=40)
+        full, none = renderer.model_image(row, i), without.model_image(row, i)
+        njy = electrons_to_njy_factor(row["zeroPoint"])
+        truth_e = np.asarray(t[f"{row['band']}_flux"])[on].sum() / njy
+        assert (full - none).sum() == pytest.approx(truth_e, rel=0.03)
+        s_sum += (exp.image - renderer.sky_image(row) - none)[keep].sum()
+        e_sum += (full - none)[keep].sum()
+        v_sum += exp.variance[keep].sum()
+    assert abs(s_sum - e_sum) < 4 * math.sqrt(v_sum), (s_sum, e_sum, math.sqrt(v_sum))
+    assert e_sum > 5 * math.sqrt(v_sum)  # the faint light is detected in the pixels, the test has power

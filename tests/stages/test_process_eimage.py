@@ -100,8 +100,11 @@ def test_astrometry_pulls_are_consistent_with_centroid_errors(tiny_repo, truth):
         dx = (np.asarray(src["ra"])[i_s[ok]] - np.asarray(tcat["ra"])[i_t[ok]]) * np.cos(np.radians(dec)) * 3.6e6
         err = np.asarray(src["xErr"])[i_s[ok]] * 200.0  # mas; 0.2"/pixel
         meta = tiny_repo.get("process_eimage_metadata", {"visit": int(row["visit"]), "detector": 0}, runs=[RUN])
-        # the WCS fit's own error per axis: the per-axis scatter of its residuals / sqrt(number of matches)
-        wcs_err = meta["astrom_rms_mas"] / math.sqrt(2.0 * meta["astrom_n_matches"])
+        # the WCS fit's own error per axis at a star: the per-axis scatter of its residuals times sqrt(p / N),
+        # the mean leverage of a least-squares fit of p parameters per axis (affine 3 + SIP terms) to N matches
+        deg = int(meta["astrom_sip_degree"])
+        n_par = 3 + max((deg + 1) * (deg + 2) // 2 - 3, 0)
+        wcs_err = meta["astrom_rms_mas"] / math.sqrt(2.0) * math.sqrt(n_par / meta["astrom_n_matches"])
         pulls.append(dx / np.hypot(err, wcs_err))
     p = np.concatenate(pulls)
     sd = 1.4826 * np.median(np.abs(p - np.median(p)))

@@ -54,6 +54,7 @@ for _name, _dims, _storage, _table in [
     ("truth_catalog", (), "Catalog", "Truth"),
     ("truth_lightcurves", (), "Catalog", "TruthFlux"),
     ("visit_table", (), "Catalog", "Visit"),
+    ("truth_artifacts", (), "Catalog", "TruthArtifact"),  # satellite trails, moving transients (twinkles.sim.artifacts)
     # process_eimage
     ("calexp", _VD, "Exposure", None),
     ("calexp_background", _VD, "ImageF", None),

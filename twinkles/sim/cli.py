@@ -50,7 +50,7 @@ def cmd_simulate(args) -> int:
         raise UserError(str(exc)) from None
     n = len(repo.query("eimage"))
     print(f"simulated {n} visit(s) into {repo.root} (preset {args.preset}, seed {args.seed}): eimage, ref_cat in "
-          "run 'raw'; truth_catalog, truth_lightcurves, visit_table in run 'truth'", file=sys.stdout)
+          "run 'raw'; truth_catalog, truth_lightcurves, visit_table, truth_artifacts in run 'truth'", file=sys.stdout)
     return 0
 
 

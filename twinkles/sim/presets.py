@@ -3,7 +3,10 @@
 Every key can be overridden: ``simulate_field(repo, preset="tiny", size=256, cosmic_rays=False)`` or on the
 command line ``--size 256 --no-cosmic-rays --set n_sn=10``. Populations marked "sprinkled" are planted at rates far
 above nature's (as Twinkles' sprinkler did) so that even a small field holds enough of each kind; the others follow
-realistic number counts (see :mod:`twinkles.sim.skymodel`).
+realistic number counts (see :mod:`twinkles.sim.skymodel`), galaxies down to 1.5 mag beyond the deepest coadd the
+cadence makes. Artefacts for the coadd's rejection to remove (:mod:`twinkles.sim.artifacts`): the demo preset has
+satellite trails (10% of the visits) and 6 moving transients, tiny 3 moving transients (trails on request:
+``--set satellite_trails=true``), twinkles1 none.
 """
 
 from __future__ import annotations
@@ -53,24 +56,44 @@ _COMMON = dict(
     psf_atm_grad_rms=0.01,        # rms of its linear gradient across the scale radius
     sky_gradient_rms=0.01,        # fractional linear sky gradient across the image
     # sky model
-    galaxy_mag_range=(17.0, 25.5),  # r band
+    galaxy_mag_range=(17.0, 25.5),  # r band: bulge + disk galaxies (each drawn with GalSim once per pointing)
+    faint_galaxies=True,          # pure-disk galaxies beyond galaxy_mag_range[1] (fast Gaussian-mixture rendering)
+    faint_galaxy_mag_max=None,    # r limit of the faint galaxies; None: faint_galaxy_margin_mag beyond the
+                                  # deepest coadd of the cadence (skymodel.faint_galaxy_limit)
+    faint_galaxy_margin_mag=1.5,  # mag beyond the deepest coadd's 5-sigma depth
+    faint_galaxy_slope=0.31,      # d log10 N / dm of the counts beyond galaxy_mag_range[1]
     star_mag_range=(16.0, 25.0),
     bright_star_mag_range=(17.0, 21.0),   # sprinkled unsaturated bright stars (PSF / astrometry)
     saturated_star_mag_range=(12.5, 14.5),
     cosmic_rays=True,
     cosmic_rays_per_mpix=30.0,    # per visit (sprinkled: ~10x a real 30 s exposure at 2.7 km)
     saturated_stars=True,
+    # artefacts (truth_artifacts; twinkles.sim.artifacts): satellite trails and moving (asteroid-like) transients
+    satellite_trails=False,
+    trail_visit_fraction=0.1,     # fraction of the visits crossed by one trail (at least one visit when > 0)
+    trail_width_arcsec=1.5,       # FWHM of the trail's Gaussian cross-section before the PSF (defocused LEO: 1-3")
+    trail_surface_brightness=(21.0, 22.5),  # peak surface brightness before the PSF, AB mag/arcsec^2 (visit band)
+    moving_transients=False,
+    n_moving_transients=4,        # per field, each placed on the detector at one randomly chosen visit
+    moving_mag_range=(19.0, 21.0),  # r; asteroid (solar-like) colours in the other bands
+    moving_rate_deg_per_day=(0.15, 0.5),  # angular speed (main-belt asteroids near opposition: ~0.25 deg/day)
 )
 
 PRESETS: dict[str, dict] = {
     "tiny": dict(_COMMON, preset="tiny", size=512, bands="ri", n_visits=6, psf_grid=3, night_gap_days=(3, 5),
-                 n_bright_stars=45, n_saturated_stars=2, n_sn=6, n_agn=3, n_lens=1, n_var_stars=4),
+                 n_bright_stars=45, n_saturated_stars=2, n_sn=6, n_agn=3, n_lens=1, n_var_stars=4,
+                 moving_transients=True, n_moving_transients=3),  # trails: satellite_trails=True (see README)
     "demo": dict(_COMMON, preset="demo", size=1024, bands="gri", n_visits=40, psf_grid=3,
-                 n_bright_stars=80, n_saturated_stars=4, n_sn=20, n_agn=8, n_lens=2, n_var_stars=10),
+                 n_bright_stars=80, n_saturated_stars=4, n_sn=20, n_agn=8, n_lens=2, n_var_stars=10,
+                 satellite_trails=True, moving_transients=True, n_moving_transients=6),
     "twinkles1": dict(_COMMON, preset="twinkles1", size=4096, bands="ugrizy", n_visits=1000, psf_grid=4,
                       visits_per_band_night={"u": 1, "g": 1, "r": 2, "i": 2, "z": 2, "y": 1},
                       n_bright_stars=150, n_saturated_stars=10, n_sn=200, n_agn=60, n_lens=8, n_var_stars=50),
 }
+
+
+#: options whose value None means "computed" (their set values are numbers)
+_NONE_MEANS_AUTO = {"faint_galaxy_mag_max"}
 
 
 def _checked(key: str, value, default):
@@ -81,6 +104,12 @@ def _checked(key: str, value, default):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
+    if default is None and key in _NONE_MEANS_AUTO:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number, or null for the automatic value")
+        return float(value)
     if isinstance(default, (int, float)) and not isinstance(default, bool):
         if key == "rot_sky_pos_deg" and value is None:
             return None  # random rotation per visit

@@ -2,8 +2,9 @@
 
 :func:`simulate_field` is the whole simulator: cadence -> sky model -> for every visit, the true PSF and WCS, the
 galaxies convolved with the PSF, the point sources at their fluxes of the moment, sky, Poisson and read noise,
-cosmic rays, saturation with bleed trails, the perturbed header WCS -> ``eimage`` (run ``raw``); then ``ref_cat``
-(run ``raw``) and ``truth_catalog``, ``truth_lightcurves``, ``visit_table`` (run ``truth``).
+cosmic rays, saturation with bleed trails, optional satellite trails and moving transients
+(:mod:`twinkles.sim.artifacts`), the perturbed header WCS -> ``eimage`` (run ``raw``); then ``ref_cat`` (run
+``raw``) and ``truth_catalog``, ``truth_lightcurves``, ``visit_table``, ``truth_artifacts`` (run ``truth``).
 
 Reproducible: the cadence and sky model come from ``seed``; each visit's conditions and noise from
 (``seed``, visit), so the same seed gives identical pixels.
@@ -23,6 +24,7 @@ from ..psf import measure_fwhm
 from ..repo import RAW_RUN, TRUTH_RUN, Repository
 from ..repo.storage import to_plain
 from . import SimulationInputError
+from .artifacts import FWHM_TO_SIGMA, add_trail_to_scene, empty_artifacts, mover_track_pixels, plan_artifacts
 from .cadence import generate_cadence, read_opsim
 from .lsst import (electrons_to_njy_factor, m5_from_noise, sky_electrons_per_pixel, zero_point)
 from .presets import get_preset
@@ -101,9 +103,11 @@ def plan_visits(cfg: dict, cadence: Table, seed: int) -> list[dict]:
 class VisitRenderer:
     """Renders visits of one simulated field; caches galaxy stamps/scenes per true pointing and band."""
 
-    def __init__(self, cfg: dict, sky: SkyModel, seed: int, timing: dict | None = None):
+    def __init__(self, cfg: dict, sky: SkyModel, seed: int, timing: dict | None = None,
+                 artifacts: Table | None = None):
         self.cfg = cfg
         self.sky = sky
+        self.artifacts = artifacts if artifacts is not None else empty_artifacts()
         self.seed = int(seed)
         self.width, self.height = int(cfg["width"]), int(cfg["height"])
         self.scale = float(cfg["pixel_scale_arcsec"])
@@ -140,10 +144,12 @@ class VisitRenderer:
             self._positions = wcs.all_world2pix(np.asarray(t["ra"]), np.asarray(t["dec"]), 0)
             self._key = key
             t0 = self._tick("galaxy_stamps", t0)
-        for b in bands:
-            if b not in self._scenes:
-                self._scenes[b] = self._stamps.scene(np.asarray(self.sky.truth[f"{b}_flux"]),
-                                                     np.asarray(self.sky.truth[f"{b}_bulgeFrac"]))
+        missing = [b for b in dict.fromkeys(bands) if b not in self._scenes]
+        if missing:
+            t = self.sky.truth
+            made = self._stamps.scenes([(np.asarray(t[f"{b}_flux"]), np.asarray(t[f"{b}_bulgeFrac"]))
+                                        for b in missing])
+            self._scenes.update(zip(missing, made))
         self._tick("galaxy_scenes", t0)
 
     def release_stamps(self) -> None:
@@ -152,10 +158,17 @@ class VisitRenderer:
     def positions(self) -> tuple[np.ndarray, np.ndarray]:
         return self._positions
 
-    def model_image(self, row: dict, visit_index: int, grid=None, zero_rows=None) -> np.ndarray:
+    def visit_artifacts(self, row: dict) -> Table:
+        """The rows of ``truth_artifacts`` drawn in this visit."""
+        a = self.artifacts
+        return a[np.asarray(a["visit"]) == int(row["visit"])] if len(a) else a
+
+    def model_image(self, row: dict, visit_index: int, grid=None, zero_rows=None,
+                    artifacts: bool = True) -> np.ndarray:
         """The noiseless image of the objects (electrons, float64, no sky): galaxies convolved with the PSF plus
-        point sources at their fluxes of this visit. ``zero_rows``: truth rows to leave out (e.g. the
-        variables, for tests that measure them)."""
+        point sources at their fluxes of this visit, plus the visit's artefacts (trails, moving transients) unless
+        ``artifacts`` is False. ``zero_rows``: truth rows to leave out (e.g. the variables, for tests that
+        measure them)."""
         cfg = self.cfg
         band = row["band"]
         self.prepare_pointing(row, band)
@@ -163,7 +176,20 @@ class VisitRenderer:
             grid = psf_grid(row, cfg, float(cfg["galaxy_core_sigma_px"]))
         t0 = time.perf_counter()
         njy_per_e = electrons_to_njy_factor(row["zeroPoint"])
-        expected = convolve_with_psf_grid(self._scenes[band], grid, self.width, self.height, self.pad)
+        arts = self.visit_artifacts(row) if artifacts else empty_artifacts()
+        trails = arts[arts["type"] == "satellite_trail"]
+        movers = arts[arts["type"] == "moving_transient"]
+        scene = self._scenes[band]
+        wcs = true_wcs(row, cfg) if len(arts) else None
+        if len(trails):
+            scene = scene.copy()
+            for tr in trails:
+                (x0, x1), (y0, y1) = wcs.all_world2pix([tr["raStart"], tr["raEnd"]], [tr["decStart"], tr["decEnd"]], 0)
+                add_trail_to_scene(scene, self.pad, x0, y0, x1, y1, float(tr["lineFlux"]) * self.scale,
+                                   float(tr["widthArcsec"]) * FWHM_TO_SIGMA / self.scale,
+                                   float(cfg["galaxy_core_sigma_px"]))
+        expected = convolve_with_psf_grid(scene, grid, self.width, self.height, self.pad)
+        del scene
         expected = expected.astype(np.float64) * (1.0 / njy_per_e)
         t0 = self._tick("galaxy_convolution", t0)
         x, y = self._positions
@@ -175,6 +201,15 @@ class VisitRenderer:
         bright = fe > BRIGHT_STAR_E
         add_point_sources(expected, grid, x[pr][~bright], y[pr][~bright], fe[~bright])
         add_bright_stars(expected, row, cfg, x[pr][bright], y[pr][bright], fe[bright])
+        if len(movers):
+            mx, my, mf = [], [], []
+            for mv in movers:
+                (xs, xe), (ys, ye) = wcs.all_world2pix([mv["raStart"], mv["raEnd"]], [mv["decStart"], mv["decEnd"]], 0)
+                tx, ty, tf = mover_track_pixels(xs, ys, xe, ye)
+                mx.append(tx)
+                my.append(ty)
+                mf.append(tf * float(mv["flux"]) / njy_per_e)
+            add_point_sources(expected, grid, np.concatenate(mx), np.concatenate(my), np.concatenate(mf))
         self._tick("point_sources", t0)
         return expected
 
@@ -292,7 +327,8 @@ def load_simulation(repo: Repository | str | Path):
                                    "repository configuration)")
     cfg, _, sky, rows = _setup(sim["preset"], sim["seed"], sim.get("opsim"), sim.get("n_visits"), None,
                                sim.get("overrides", {}))
-    return cfg, sky, rows, VisitRenderer(cfg, sky, int(sim["seed"]))
+    seed = int(sim["seed"])
+    return cfg, sky, rows, VisitRenderer(cfg, sky, seed, artifacts=plan_artifacts(cfg, rows, seed))
 
 
 def _check_no_stale_visits(repo_path, visits: set) -> None:
@@ -320,7 +356,8 @@ def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, o
     cfg, cadence, sky, rows = _setup(preset, seed, opsim, n_visits, bands, overrides)
     _check_no_stale_visits(repo_path, {r["visit"] for r in rows})
     repo = Repository.create(repo_path, repo_config_for(cfg, seed, opsim, n_visits, overrides))
-    renderer = VisitRenderer(cfg, sky, seed)
+    artifacts = plan_artifacts(cfg, rows, seed)
+    renderer = VisitRenderer(cfg, sky, seed, artifacts=artifacts)
     # visits grouped by true pointing so that galaxy stamps are drawn once per pointing
     order = sorted(range(len(rows)), key=lambda i: (VisitRenderer.pointing_key(rows[i]), i))
     lc_rows = []
@@ -357,6 +394,7 @@ def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, o
     repo.put(lc, "truth_lightcurves", {}, run=TRUTH_RUN)
     vt = Table(rows=[[r[c] for c in _VISIT_COLUMNS] for r in visit_rows], names=_VISIT_COLUMNS)
     repo.put(vt, "visit_table", {}, run=TRUTH_RUN)
+    repo.put(artifacts, "truth_artifacts", {}, run=TRUTH_RUN)
     return repo
 
 

@@ -6,10 +6,24 @@ Populations (numbers per preset in :mod:`twinkles.sim.presets`):
   (approximately the Bahcall-Soneira / TRILEGAL high-latitude counts), plus *sprinkled* bright unsaturated stars
   (PSF and astrometric fits) and a few saturated stars. Colours follow the SDSS stellar locus (approximate median
   colours of Covey et al. 2007) as a function of g - r, drawn from a halo-turnoff + M-dwarf mixture.
-* ``galaxy`` -- realistic counts N(<r) = 28 arcmin^-2 10^(0.33 (r - 24)) (deep r-band counts), bulge (de
-  Vaucouleurs, truncated at 5 hlr) + disk (exponential, truncated at 4.5 hlr) with sizes shrinking with magnitude
-  (median disk hlr 0.6" 10^(-0.11 (r - 22)), log-normal scatter), axis ratios, position angles, bulge-to-total
-  ratios of early and late types, and bulge (red) / disk (blue) colours that redden with redshift.
+* ``galaxy`` -- realistic counts N(<r) = 28 arcmin^-2 10^(0.33 (r - 24)) (deep r-band counts) over
+  ``galaxy_mag_range``, bulge (de Vaucouleurs, truncated at 5 hlr) + disk (exponential, truncated at 4.5 hlr) with
+  sizes shrinking with magnitude (median disk hlr 0.6" 10^(-0.11 (r - 22)), log-normal scatter), axis ratios,
+  position angles, bulge-to-total ratios of early and late types, and bulge (red) / disk (blue) colours that
+  redden with redshift.
+  **Faint galaxies** (``faint_galaxies``) continue the counts beyond ``galaxy_mag_range[1]`` (25.5) with the
+  flatter faint-end slope d log10 N / dm = ``faint_galaxy_slope`` (0.31, as the LSST Science Book's i-band counts
+  and Hogg et al. 1997's R counts), the differential counts continuous at the join (dN/dm = 66 arcmin^-2 mag^-1 =
+  2.4e5 deg^-2 mag^-1 at r = 25.5, 3.4e5 at r = 26), down to ``faint_galaxy_mag_max`` -- by default
+  (None) ``faint_galaxy_margin_mag`` (1.5) beyond the deepest coadd the cadence can make
+  (:func:`faint_galaxy_limit`: r ~ 28.8 for twinkles1, ~27.2 for demo, ~26.4 for tiny, from their full
+  cadences; a run with fewer visits (``--visits``) makes a shallower coadd and so stops earlier). They are pure
+  exponential disks (bulge fraction 0 in every band, ``bulgeHlr``/``bulgeQ`` NaN), with the same size-magnitude
+  relation (hlr ~0.25" at r = 25.5, ~0.13" at r = 28; clipped to 0.05-1.0"), axis ratios 0.2-1 and disk colours;
+  the renderer draws pure disks through a fast Gaussian-mixture path (:class:`twinkles.sim.render.GalaxyStamps`).
+  They come last in the truth table and are drawn from the sky model's random stream after every other
+  population, so that switching them off (or changing their depth) leaves every other object of a seed
+  unchanged.
 * ``sn`` -- *sprinkled* Type Ia-like supernovae in galaxy hosts at 0.1 < z < 0.6, offset from the host centre
   by ~0.7 disk half-light radii: a t^2 rise over 18 rest-frame days, a linear magnitude decline of 0.035-0.12
   mag/day per band for 25 days then 0.02 mag/day, a secondary bump in r, i, z, y; peak M = -19.3 +- 0.15 at the
@@ -47,7 +61,8 @@ from .lsst import BANDS, LAMBDA_EFF_NM, mag_to_njy
 from .wcs import tan_deproject
 
 __all__ = ["SkyModel", "make_sky_model", "POINT_TYPES", "GALAXY_TYPES", "solve_sis_shear", "drw",
-           "sn_ia_flux", "rr_lyrae_flux"]
+           "sn_ia_flux", "rr_lyrae_flux", "coadd_depths", "faint_galaxy_limit", "galaxy_counts_per_arcmin2",
+           "FAINT_HLR_RANGE_ARCSEC"]
 
 POINT_TYPES = ("star", "variable_star", "sn", "agn", "lensed_qso_image")
 GALAXY_TYPES = ("galaxy", "lens_galaxy")
@@ -246,6 +261,58 @@ def _sample_exp_mags(rng, n, lo, hi, slope):
     return lo + np.log10(1 + u * span) / slope
 
 
+#: galaxy counts: N(<r) = BRIGHT_N24 arcmin^-2 10^(BRIGHT_SLOPE (r - 24)) up to galaxy_mag_range[1]
+BRIGHT_N24, BRIGHT_SLOPE = 28.0, 0.33
+#: disk half-light radii of the faint population are clipped to this range (arcsec)
+FAINT_HLR_RANGE_ARCSEC = (0.05, 1.0)
+#: median (band - r) of faint disks (the disk colours at z = 1, the median redshift beyond r = 26)
+_FAINT_MINUS_R = {"u": 0.9 + 0.2 + 0.75, "g": 0.75, "r": 0.0, "i": -0.5, "z": -0.8, "y": -0.95}
+
+
+def galaxy_counts_per_arcmin2(cfg: dict, r_lo: float, r_hi: float, faint_limit: float | None = None) -> float:
+    """Expected number of galaxies per arcmin^2 with r_lo <= r < r_hi in the model of preset ``cfg``: the bright
+    law over ``galaxy_mag_range``, then (with ``faint_galaxies``) the faint law of slope ``faint_galaxy_slope``
+    from ``galaxy_mag_range[1]`` to ``faint_limit`` (default :func:`faint_galaxy_limit` needs a cadence, so pass
+    it), the differential counts continuous at the join."""
+    glo, ghi = cfg["galaxy_mag_range"]
+    a = max(r_lo, glo)
+    b = min(r_hi, ghi)
+    n = BRIGHT_N24 * (10 ** (BRIGHT_SLOPE * (b - 24)) - 10 ** (BRIGHT_SLOPE * (a - 24))) if b > a else 0.0
+    if cfg.get("faint_galaxies") and faint_limit is not None:
+        s = float(cfg["faint_galaxy_slope"])
+        d_join = BRIGHT_N24 * BRIGHT_SLOPE * math.log(10) * 10 ** (BRIGHT_SLOPE * (ghi - 24))  # dN/dm at the join
+        a, b = max(r_lo, ghi), min(r_hi, faint_limit)
+        if b > a:
+            n += d_join / (s * math.log(10)) * (10 ** (s * (b - ghi)) - 10 ** (s * (a - ghi)))
+    return n
+
+
+def coadd_depths(cadence: Table) -> dict:
+    """5-sigma point-source depth of the full-depth coadd of each band of a cadence, from the visits' depths:
+    m5_coadd = 1.25 log10(sum 10^(0.8 m5_i)) (inverse-variance weighting of sky-limited visits)."""
+    out = {}
+    bands = np.asarray(cadence["band"]).astype(str)
+    m5 = np.asarray(cadence["fiveSigmaDepth"], dtype=float)
+    for b in sorted(set(bands.tolist())):
+        v = m5[(bands == b) & np.isfinite(m5)]
+        if len(v):
+            out[b] = float(1.25 * np.log10(np.sum(10 ** (0.8 * v))))
+    return out
+
+
+def faint_galaxy_limit(cfg: dict, cadence: Table) -> float:
+    """r magnitude down to which faint galaxies are simulated: ``faint_galaxy_mag_max`` if set, else
+    ``faint_galaxy_margin_mag`` beyond the deepest coadd of the cadence, each band's depth expressed in r with
+    the median colour of faint disks (a galaxy of r = limit - margin is at the 5-sigma depth of the best band)."""
+    if cfg.get("faint_galaxy_mag_max") is not None:
+        return float(cfg["faint_galaxy_mag_max"])
+    depths = coadd_depths(cadence)
+    if not depths:
+        return float(cfg["galaxy_mag_range"][1])
+    deepest_r = max(m5 - _FAINT_MINUS_R[b] for b, m5 in depths.items())
+    return max(float(deepest_r + float(cfg["faint_galaxy_margin_mag"])), float(cfg["galaxy_mag_range"][1]))
+
+
 def _disk_positions(rng, n, radius_arcsec):
     r = radius_arcsec * np.sqrt(rng.random(n))
     t = rng.uniform(0, 2 * np.pi, n)
@@ -286,6 +353,26 @@ class _Builder:
         kw["id"] = len(self.rows) + 1
         self.rows.append(kw)
         return kw["id"]
+
+
+def _faint_galaxies(cfg: dict, cadence: Table, rng: np.random.Generator, cover: float, area_arcmin2: float):
+    """The faint pure-disk population (see the module docstring), as arrays: xi, eta (arcsec), mags per band,
+    and the truth columns of galaxies."""
+    ghi = float(cfg["galaxy_mag_range"][1])
+    limit = faint_galaxy_limit(cfg, cadence)
+    s = float(cfg["faint_galaxy_slope"])
+    n = int(rng.poisson(galaxy_counts_per_arcmin2(cfg, ghi, limit, limit) * area_arcmin2)) if limit > ghi else 0
+    r = _sample_exp_mags(rng, n, ghi, limit, s)
+    xi, eta = _disk_positions(rng, n, cover)
+    z = np.clip(np.clip(0.12 + 0.11 * (r - 18.0), 0.05, 1.5) * np.exp(rng.normal(0, 0.35, n)), 0.02, 4.0)
+    lo, hi = FAINT_HLR_RANGE_ARCSEC
+    hlr = np.clip(0.6 * 10 ** (-0.11 * (r - 22.0)) * np.exp(rng.normal(0, 0.3, n)), lo, hi)
+    q = rng.uniform(0.2, 1.0, n)
+    pa = rng.uniform(0, 180, n)
+    mags = _mags_from_colours(r, _disk_colours(z, rng, n))
+    out = dict(xi=xi, eta=eta, mags=mags, redshift=z, diskHlr=hlr, diskQ=q, pa=pa,
+               **{f"{bb}_bulgeFrac": np.zeros(n) for bb in BANDS})
+    return out
 
 
 def make_sky_model(cfg: dict, cadence: Table, rng: np.random.Generator) -> SkyModel:
@@ -352,8 +439,8 @@ def make_sky_model(cfg: dict, cadence: Table, rng: np.random.Generator) -> SkyMo
 
     # ---- galaxies: realistic counts
     glo, ghi = cfg["galaxy_mag_range"]
-    slope = 0.33
-    n_lt = 28.0 * (10 ** (slope * (ghi - 24)) - 10 ** (slope * (glo - 24)))  # per arcmin^2
+    slope = BRIGHT_SLOPE
+    n_lt = galaxy_counts_per_arcmin2(dict(cfg, faint_galaxies=False), glo, ghi)  # per arcmin^2
     n_gal = rng.poisson(n_lt * area_arcmin2)
     r_gal = _sample_exp_mags(rng, n_gal, glo, ghi, slope)
     xg, yg = _disk_positions(rng, n_gal, cover)
@@ -469,24 +556,38 @@ def make_sky_model(cfg: dict, cadence: Table, rng: np.random.Generator) -> SkyMo
         var_specs.append(("sn", oid, dict(t_exp=t_exp, z=zq, peak={bb: float(mag_to_njy(peak[bb]))
                                                                     for bb in BANDS})))
 
+    # ---- faint galaxies (pure disks), drawn last so that the populations above do not depend on them
+    faint = _faint_galaxies(cfg, cadence, rng, cover, area_arcmin2) if cfg.get("faint_galaxies") else None
+
     # ---- assemble the truth table
     n = len(b.rows)
-    xi, eta = np.array(xi_l), np.array(eta_l)
-    ra, dec = tan_deproject(xi / 3600.0, eta / 3600.0, cfg["field_ra_deg"], cfg["field_dec_deg"])
+    xi, eta = np.array(xi_l, dtype=float), np.array(eta_l, dtype=float)
     cols: dict[str, np.ndarray] = {
         "id": np.array([r["id"] for r in b.rows], dtype=np.int64),
-        "type": np.array([r["type"] for r in b.rows], dtype="U16"),
-        "ra": ra, "dec": dec}
+        "type": np.array([r["type"] for r in b.rows], dtype="U16")}
+    mags = {bb: np.array([m[bb] for m in mags_l], dtype=float) for bb in BANDS}
+    specs = [("redshift", np.nan, float), ("hostId", -1, np.int64), ("lensId", -1, np.int64),
+             ("isVariable", False, bool), ("diskHlr", np.nan, float), ("bulgeHlr", np.nan, float),
+             ("diskQ", np.nan, float), ("bulgeQ", np.nan, float), ("pa", np.nan, float),
+             *[(f"{bb}_bulgeFrac", np.nan, float) for bb in BANDS],
+             ("period", np.nan, float), ("magnification", np.nan, float), ("timeDelay", np.nan, float)]
+    extra = {name: np.array([r.get(name, default) for r in b.rows], dtype=dtype) for name, default, dtype in specs}
+    if faint is not None and len(faint["xi"]):
+        nf = len(faint["xi"])
+        cols["id"] = np.concatenate([cols["id"], n + 1 + np.arange(nf, dtype=np.int64)])
+        cols["type"] = np.concatenate([cols["type"], np.full(nf, "galaxy", dtype="U16")])
+        xi, eta = np.concatenate([xi, faint["xi"]]), np.concatenate([eta, faint["eta"]])
+        for bb in BANDS:
+            mags[bb] = np.concatenate([mags[bb], faint["mags"][bb]])
+        for name, default, dtype in specs:
+            extra[name] = np.concatenate([extra[name], np.asarray(faint.get(name, np.full(nf, default)),
+                                                                   dtype=dtype)])
+        n += nf
+    ra, dec = tan_deproject(xi / 3600.0, eta / 3600.0, cfg["field_ra_deg"], cfg["field_dec_deg"])
+    cols["ra"], cols["dec"] = ra, dec
     for bb in BANDS:
-        cols[f"{bb}_flux"] = mag_to_njy(np.array([m[bb] for m in mags_l]))
-    for name, default, dtype in [("redshift", np.nan, float), ("hostId", -1, np.int64), ("lensId", -1, np.int64),
-                                 ("isVariable", False, bool), ("diskHlr", np.nan, float),
-                                 ("bulgeHlr", np.nan, float), ("diskQ", np.nan, float),
-                                 ("bulgeQ", np.nan, float), ("pa", np.nan, float),
-                                 *[(f"{bb}_bulgeFrac", np.nan, float) for bb in BANDS],
-                                 ("period", np.nan, float), ("magnification", np.nan, float),
-                                 ("timeDelay", np.nan, float)]:
-        cols[name] = np.array([r.get(name, default) for r in b.rows], dtype=dtype)
+        cols[f"{bb}_flux"] = mag_to_njy(mags[bb])
+    cols.update(extra)
     truth = Table(cols)
 
     # ---- light curves at every visit, in the visit's band
