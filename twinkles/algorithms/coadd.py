@@ -42,7 +42,7 @@ from ..image import Exposure, mask_bit
 
 __all__ = ["warp_weight", "usable", "max_outlier_epochs", "static_sky_model", "StaticSkyModel",
            "outlier_footprints", "model_source_labels", "filter_artifacts", "find_artifacts", "ArtifactResult",
-           "CoaddAccumulator", "coverage_polygon", "coverage_edge", "row_spans", "resampling_noise_factor", "points_in_polygon", "DEFAULT_BAD_PLANES"]
+           "CoaddAccumulator", "grow_streak", "coverage_polygon", "coverage_edge", "row_spans", "resampling_noise_factor", "points_in_polygon", "DEFAULT_BAD_PLANES"]
 
 #: warp pixels with these planes are left out of the coadd (DM badMaskPlanes, plus SAT and CR)
 DEFAULT_BAD_PLANES = ("NO_DATA", "BAD", "SAT", "CR")
@@ -243,35 +243,80 @@ def model_source_labels(model: StaticSkyModel, psf_sigma_px: float, threshold: f
 def filter_artifacts(candidates: list[np.ndarray], epoch_count: np.ndarray, n_epochs: np.ndarray,
                      source_labels: np.ndarray | None = None, spatial_threshold: float = 0.5,
                      max_fraction_low: float = 0.4, max_num: int = 2, max_fraction_high: float = 0.03,
-                     residual_flux=None, model_image: np.ndarray | None = None, min_model_ratio: float = 0.5
-                     ) -> list[np.ndarray]:
+                     residual_flux=None, model_image: np.ndarray | None = None, min_model_ratio: float = 0.5,
+                     split_shape: tuple | None = None, split_min_pixels: int = 16) -> list[np.ndarray]:
     """The candidates of one warp that are artifacts (see the module docstring, step 4).
 
     With ``residual_flux`` (per candidate, the sum of |warp - model| over it) and ``model_image``, a candidate
     inside a model source is kept only where that source is bright compared with the candidate: the model's
     flux over the candidate at least ``min_model_ratio`` times the residual flux (a variable star, a bright
     star's PSF-matching residual), so that a transient or a cosmic ray on the faint wing of a source is still
-    clipped (in a crowded field the grown model footprints cover most of the sky)."""
+    clipped (in a crowded field the grown model footprints cover most of the sky).
+
+    ``split_shape`` (the image shape): a candidate that fails the temporal test as a whole is split into the
+    connected parts of its transient pixels (at least ``split_min_pixels``), each judged alone, so that a
+    transient whose grown footprint merged with a persistent residual (a bright star's) is still clipped."""
     out = []
     ec = epoch_count.ravel()
     ne = n_epochs.ravel()
     lab = None if source_labels is None else source_labels.ravel()
     model = None if model_image is None else model_image.ravel()
+
+    def preserved(idx, flux):
+        if lab is None:
+            return False
+        owners = lab[idx]
+        if not (owners[0] > 0 and np.all(owners == owners[0])):
+            return False
+        if flux is None or model is None:
+            return True  # wholly inside one source of the model: real sky
+        return float(np.sum(model[idx], dtype=np.float64)) >= min_model_ratio * flux  # ... bright enough
+
     for k, idx in enumerate(candidates):
         outlier_n = ec[idx]
         n_max = int(max_outlier_epochs(ne[idx].mean(), max_fraction_low, max_num, max_fraction_high))
-        frac = np.count_nonzero((outlier_n > 0) & (outlier_n <= n_max)) / idx.size
-        if frac <= spatial_threshold:
+        transient = (outlier_n > 0) & (outlier_n <= n_max)
+        flux = None if residual_flux is None else float(residual_flux[k])
+        if np.count_nonzero(transient) / idx.size > spatial_threshold:
+            if not preserved(idx, flux):
+                out.append(idx)
             continue
-        if lab is not None:
-            owners = lab[idx]
-            if owners[0] > 0 and np.all(owners == owners[0]):
-                if residual_flux is None or model is None:
-                    continue  # wholly inside one source of the model: real sky
-                if float(np.sum(model[idx], dtype=np.float64)) >= min_model_ratio * float(residual_flux[k]):
-                    continue  # ... a source bright enough to explain the residual
-        out.append(idx)
+        # mostly persistent (e.g. a transient whose grown footprint touched a bright star's residual): its
+        # transient parts, each judged alone
+        if split_shape is None or np.count_nonzero(transient) < 4:
+            continue
+        sub = np.zeros(split_shape, bool).ravel()
+        sub[idx[transient]] = True
+        sl, nsl = ndimage.label(sub.reshape(split_shape), np.ones((3, 3), bool))
+        for part in _label_indices(sl, nsl):
+            if part.size < split_min_pixels:
+                continue
+            pflux = None if flux is None else flux * part.size / idx.size
+            if not preserved(part, pflux):
+                out.append(part)
     return out
+
+
+def grow_streak(idx: np.ndarray, shape, grow_px: int, min_length_px: float = 30.0, min_elongation: float = 6.0):
+    """An artifact's pixels grown by ``grow_px`` when it is a streak (a satellite trail: longer than
+    ``min_length_px`` and ``min_elongation`` times longer than wide, from its pixels' second moments), so that its
+    faint wings, below the detection threshold pixel by pixel but coherent along the trail, are clipped too (DM's
+    maskStreaks grows streaks by growStreakFp = 5 PSF radii); other artifacts are returned as they are."""
+    from .pixel_kernels import dilate_disc
+    y, x = np.unravel_index(idx, shape)
+    if idx.size < 20:
+        return idx
+    c = np.cov(np.vstack([x, y]).astype(float))
+    lo, hi = np.sqrt(np.clip(np.linalg.eigvalsh(c), 1e-6, None))
+    if hi * math.sqrt(12) < min_length_px or hi / lo < min_elongation:
+        return idx
+    y0, y1 = max(0, y.min() - grow_px), min(shape[0], y.max() + grow_px + 1)
+    x0, x1 = max(0, x.min() - grow_px), min(shape[1], x.max() + grow_px + 1)
+    box = np.zeros((y1 - y0, x1 - x0), bool)
+    box[y - y0, x - x0] = True
+    grown = dilate_disc(box, int(grow_px))
+    gy, gx = np.nonzero(grown)
+    return np.ravel_multi_index((gy + y0, gx + x0), shape)
 
 
 @dataclass
@@ -310,8 +355,8 @@ def find_artifacts(warps: Sequence, model: StaticSkyModel, psf_sigma_px: float, 
                    min_pixels: int = 4, grow_px: int = 1, prefilter_bits: int | None = None,
                    prefilter_ratio: float = 0.05, bad_bits: int | None = None, preserve_sources: bool = True,
                    source_threshold: float = 5.0, spatial_threshold: float = 0.5, max_fraction_low: float = 0.4,
-                   max_num: int = 2, max_fraction_high: float = 0.03, min_model_ratio: float = 0.5
-                   ) -> ArtifactResult:
+                   max_num: int = 2, max_fraction_high: float = 0.03, min_model_ratio: float = 0.5,
+                   streak_grow_px: int = 0) -> ArtifactResult:
     """Steps 2-4 of the module docstring: one more pass over the PSF-matched warps (loaders; None: missing)."""
     if prefilter_bits is None:
         prefilter_bits = mask_bit("NO_DATA", "BAD", "SAT", "SUSPECT")
@@ -353,8 +398,10 @@ def find_artifacts(warps: Sequence, model: StaticSkyModel, psf_sigma_px: float, 
             artifacts.append(None)
             continue
         kept = filter_artifacts(cands, epoch_count, n_epochs, labels, spatial_threshold, max_fraction_low,
-                                max_num, max_fraction_high, flux, model.image, min_model_ratio)
-        artifacts.append(np.concatenate(kept) if kept else np.zeros(0, np.int64))
+                                max_num, max_fraction_high, flux, model.image, min_model_ratio, shape)
+        if streak_grow_px > 0:
+            kept = [grow_streak(a, shape, streak_grow_px) for a in kept]
+        artifacts.append(np.unique(np.concatenate(kept)) if kept else np.zeros(0, np.int64))
     return ArtifactResult(artifacts, epoch_count, n_epochs, [0 if c is None else len(c) for c in per_warp], spans)
 
 

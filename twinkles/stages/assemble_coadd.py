@@ -72,6 +72,7 @@ class Config:
     max_num_epochs: int = 2  # DM maxNumEpochs
     max_fraction_epochs_low: float = 0.4  # DM maxFractionEpochsLow
     max_fraction_epochs_high: float = 0.03  # DM maxFractionEpochsHigh
+    streak_grow_sigma: float = 3.0  # streak-like artifacts (trails) grown by this many PSF sigmas (DM growStreakFp 5)
     preserve_contained_by_source: bool = True  # candidates wholly inside a model source are kept (DM True)
     source_threshold: float = 5.0  # model sources: PSF-smoothed S/N (DM detectTemplate 5), grown 2.4 sigma
     preserve_min_model_ratio: float = 0.5  # ... and only where the model's flux there >= this x the residual's
@@ -154,7 +155,8 @@ def _find_artifacts(warps, config):
                             source_threshold=config.source_threshold, spatial_threshold=config.spatial_threshold,
                             max_fraction_low=config.max_fraction_epochs_low, max_num=config.max_num_epochs,
                             max_fraction_high=config.max_fraction_epochs_high,
-                            min_model_ratio=config.preserve_min_model_ratio)
+                            min_model_ratio=config.preserve_min_model_ratio,
+                            streak_grow_px=int(round(config.streak_grow_sigma * sigma)))
     return result, fwhm
 
 
