@@ -456,3 +456,24 @@ def test_patch_without_warps_gives_no_coadd_and_no_error(coadd_field):
     assert meta["written"] is False and meta["n_inputs"] == 0 and butler.outputs == []
     quanta = assemble_coadd.find_quanta(repo, {}, [RUN, "raw"])
     assert {(q["patch"], q["band"]) for q in quanta} == {(p, BAND) for p in f["coadds"]}
+
+
+def test_missing_input_reason_from_the_job_records(coadd_field):
+    """With the workflow's job records, a visit whose process_eimage job failed is listed with that job's error."""
+    from twinkles.workflow.records import ensure_tables
+    f = coadd_field
+    repo = f["repo"]
+    ensure_tables(repo)
+    run = "runs/check-missing"
+    with repo.connect() as conn:
+        conn.execute("INSERT INTO jobs(run, stage, data_id, visit, detector, status, error) VALUES "
+                     "(?, 'process_eimage', ?, ?, 0, 'failed', ?)",
+                     (run, f"visit={f['failed']},detector=0", f["failed"],
+                      "Traceback ...\nProcessingError: visit %d detector 0: 3 reference matches, need >= 10"
+                      % f["failed"]))
+    butler = QuantumButler(repo, run, [RUN, "raw"])
+    coadd = f["coadds"][0][0]
+    missing = assemble_coadd._missing_inputs(butler, BAND, set(f["processed"]), coadd.wcs, coadd.shape)
+    assert [m["visit"] for m in missing] == [f["failed"]]
+    assert missing[0]["reason"].startswith("process_eimage failed: ProcessingError") and \
+        "reference matches" in missing[0]["reason"]
