@@ -478,3 +478,15 @@ def test_missing_input_reason_from_the_job_records(coadd_field):
     assert [m["visit"] for m in missing] == [f["failed"]]
     assert missing[0]["reason"].startswith("process_eimage failed: ProcessingError") and \
         "reference matches" in missing[0]["reason"]
+
+
+def test_report_coadd_section(coadd_field, tmp_path):
+    from twinkles.validate.report import assemble_coadd_section
+    f = coadd_field
+    sec = assemble_coadd_section(f["repo"], RUN, tmp_path)
+    m = sec["metrics"]
+    assert m["n_coadds"] == len(f["coadds"]) and m["n_missing_inputs"] == len(f["coadds"])
+    assert 23 < m[f"{BAND}_depth_5sigma_median_mag"] < 28
+    assert abs(m["empty_sky_chi_robust_sd_median"] - 1) < 0.1
+    assert len(sec["figures"]) == len(f["coadds"]) and all((tmp_path / p).stat().st_size > 1000
+                                                           for p in sec["figures"])

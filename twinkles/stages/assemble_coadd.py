@@ -116,7 +116,7 @@ def run(warps: list[WarpInput], config: Config | None = None, missing: list[dict
     checked = [w.psf_matched is not None for w in warps]
     artifacts = None
     if config.do_artifact_rejection and any(checked):
-        artifacts, model_fwhm = _find_artifacts(warps, config)
+        artifacts = _find_artifacts(warps, config)
     coadd, n_image, psf_inputs = _assemble(warps, config, bad_bits, artifacts, rows)
     psf = _coadd_psf(psf_inputs, coadd.shape) if coadd is not None else None
     inputs = _inputs_table(list(rows.values()) + [_missing_row(m, band) for m in (missing or [])])
@@ -142,7 +142,8 @@ def _missing_row(m: dict, band: str) -> dict:
 
 
 def _find_artifacts(warps, config):
-    """Steps 1 and 2: the static-sky model and each warp's artifacts (None for warps with no PSF-matched warp)."""
+    """Steps 1 and 2: the static-sky model and each warp's artifacts (None for warps with no PSF-matched warp);
+    the PSF-matched warps' model PSF sets the widths (source detection on the model, growing)."""
     loaders = [w.psf_matched for w in warps]
     model = static_sky_model(loaders, mask_bit("NO_DATA"), config.model_clip_sigma)
     first = next(_load(x) for x in loaders if x is not None)
@@ -157,7 +158,7 @@ def _find_artifacts(warps, config):
                             max_fraction_high=config.max_fraction_epochs_high,
                             min_model_ratio=config.preserve_min_model_ratio,
                             streak_grow_px=int(round(config.streak_grow_sigma * sigma)))
-    return result, fwhm
+    return result
 
 
 def _assemble(warps, config, bad_bits, artifacts, rows):
