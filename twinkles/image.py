@@ -51,6 +51,7 @@ MASK_PLANES: dict[str, int] = {
     "NO_DATA": 7,
     "SUSPECT": 8,
     "STREAK": 9,
+    "INEXACT_PSF": 10,  # coadds: an input covering the pixel was left out there, so the coadd PSF is inexact
 }
 
 

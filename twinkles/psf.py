@@ -1,11 +1,12 @@
 """The PSF interface used everywhere: a normalised PSF image at any (x, y) and its FWHM.
 
-Three implementations:
+Four implementations:
 
 * :class:`GaussianPSF` -- a circular Gaussian (tests, and the model PSF of PSF-matched templates);
 * :class:`ImageGridPSF` -- PSF images sampled on a grid of positions, bilinearly interpolated in position
   (what a pixel-basis PSF model or a simulator's per-visit PSF zones give);
-* :class:`PiffPSF` -- a Piff PSF model (DESC's PSF code, as Rubin uses), serialised inside the exposure's FITS.
+* :class:`PiffPSF` -- a Piff PSF model (DESC's PSF code, as Rubin uses), serialised inside the exposure's FITS;
+* :class:`CoaddPsf` -- the PSF of a coadd: the weighted sum of its inputs' PSFs where they cover (DM's CoaddPsf).
 
 Conventions: pixel coordinates are 0-based, ``image[y, x]``. ``kernel_image(x, y)`` returns an odd-sized stamp with
 the PSF centroid on the central pixel, summing to 1. ``image_at(x, y, size)`` returns a stamp whose centroid is at
@@ -25,7 +26,7 @@ from scipy import ndimage
 
 from .interpolation import bilinear
 
-__all__ = ["PSF", "GaussianPSF", "ImageGridPSF", "PiffPSF", "psf_from_hdus", "measure_fwhm",
+__all__ = ["PSF", "GaussianPSF", "ImageGridPSF", "PiffPSF", "CoaddPsf", "psf_from_hdus", "measure_fwhm",
            "SIGMA_TO_FWHM"]
 
 SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -251,6 +252,211 @@ def _resize(im: np.ndarray, size: int | None) -> np.ndarray:
     return out
 
 
+class CoaddPsf(PSF):
+    """The PSF of a coadd (DM's ``CoaddPsf``): at (x, y), ``P(x, y) = sum_i w_i P_i(x, y) / sum_i w_i`` over the
+    inputs i whose coverage polygon contains (x, y), with the coadd's weights ``w_i`` and each input's PSF
+    ``P_i`` already in the coadd's pixel frame (a warp carries its calexp PSF transformed by the local Jacobian
+    of the pixel mapping).
+
+    ``psfs``: the inputs' PSFs; ``weights``: their coadd weights; ``polygons``: each input's coverage, a convex
+    polygon (K, 2) of (x, y) vertices counter-clockwise in coadd pixels (DM's ValidPolygon; see
+    :func:`twinkles.algorithms.coadd.coverage_polygon`); ``shape``: (ny, nx) of the coadd; ``ids``: each input's
+    visit. Where no input covers (NO_DATA pixels) the weighted sum of all inputs is returned, so that samplers
+    on a grid over the whole patch work. Pixels where an input covering them was left out (artifact, masked
+    pixel) carry the coadd's INEXACT_PSF mask plane: there the sum is not the PSF of the pixel's data.
+
+    Stored as: ``PSF`` (every input's PSF sampled on its own grid of patch positions, stamps padded to one
+    size), ``PSF_COADD_INPUTS`` (per input: id, weight, grid and polygon offsets), ``PSF_COADD_GRID`` (grid
+    positions) and ``PSF_COADD_POLY`` (polygon vertices); non-grid input PSFs are sampled on a 3 x 3 grid.
+    """
+
+    def __init__(self, psfs, weights, polygons, shape, ids=None):
+        if not (len(psfs) == len(weights) == len(polygons)):
+            raise ValueError(f"CoaddPsf: {len(psfs)} PSFs, {len(weights)} weights and {len(polygons)} polygons; "
+                             "give one of each per input")
+        if not psfs:
+            raise ValueError("CoaddPsf needs at least one input PSF")
+        self.psfs = list(psfs)
+        self.weights = np.asarray(weights, dtype=float)
+        if not np.all(np.isfinite(self.weights)) or np.any(self.weights < 0) or not self.weights.sum() > 0:
+            raise ValueError(f"CoaddPsf: weights must be finite, non-negative and not all 0, got {self.weights}")
+        self.polygons = [np.asarray(p, dtype=float).reshape(-1, 2) for p in polygons]
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.ids = np.arange(len(psfs)) if ids is None else np.asarray(ids, dtype=np.int64)
+        self.size = max(_native_size(p, self.shape) for p in self.psfs)
+
+    @property
+    def center(self):
+        return ((self.shape[1] - 1) / 2.0, (self.shape[0] - 1) / 2.0)
+
+    def covering(self, x: float, y: float) -> np.ndarray:
+        """Bool per input: its coverage polygon contains (x, y) (and its weight is positive)."""
+        inside = np.array([_in_convex_polygon(p, x, y) for p in self.polygons], bool)
+        return inside & (self.weights > 0)
+
+    def n_inputs(self, x: float, y: float) -> int:
+        return int(self.covering(x, y).sum())
+
+    def kernel_image(self, x, y, size=None):
+        sel = self.covering(x, y)
+        if not sel.any():
+            sel = self.weights > 0
+        total = np.zeros((self.size, self.size))
+        for i in np.flatnonzero(sel):
+            k = np.asarray(self.psfs[i].kernel_image(x, y), dtype=float)
+            total += self.weights[i] * _resize(k / k.sum(), self.size)
+        total = _resize(total, size)
+        return total / total.sum()
+
+    def kernels_at(self, x, y, size: int | None = None) -> np.ndarray:
+        """Centred kernels (N, size, size), each summing to 1, at many positions at once (vectorised over the
+        positions; exact, where sampling on a grid and interpolating would blur the coadd PSF's jumps at the
+        inputs' edges). :class:`~twinkles.stamps.PsfStamps` uses this when a PSF has it."""
+        x = np.atleast_1d(np.asarray(x, float))
+        y = np.atleast_1d(np.asarray(y, float))
+        n = len(x)
+        cover = np.stack([_in_convex_polygon_many(p, x, y) for p in self.polygons]) & (self.weights > 0)[:, None]
+        none = ~cover.any(axis=0)
+        cover[:, none] = (self.weights > 0)[:, None]
+        total = np.zeros((n, self.size, self.size))
+        for i in range(len(self.psfs)):
+            sel = np.flatnonzero(cover[i])
+            if sel.size == 0:
+                continue
+            k = _grid_kernels(self.psfs[i], x[sel], y[sel], self.size)
+            total[sel] += self.weights[i] * k
+        if size is not None:
+            total = np.stack([_resize(t, size) for t in total]) if n else np.zeros((0, size, size))
+        return total / total.sum(axis=(1, 2), keepdims=True)
+
+    def to_hdus(self):
+        stamps, xs_all, ys_all, rows = [], [], [], []
+        poly_x, poly_y = [], []
+        n_stamp = n_x = n_y = n_poly = 0
+        for i, p in enumerate(self.psfs):
+            images, xs, ys = _as_grid(p, self.shape)
+            ny, nx = images.shape[:2]
+            stamps.append(np.stack([_resize(images[j, k], self.size) for j in range(ny) for k in range(nx)]))
+            poly = self.polygons[i]
+            rows.append((self.ids[i], self.weights[i], nx, ny, n_stamp, n_x, n_y, n_poly, len(poly)))
+            xs_all.append(xs)
+            ys_all.append(ys)
+            poly_x.append(poly[:, 0])
+            poly_y.append(poly[:, 1])
+            n_stamp += nx * ny
+            n_x += nx
+            n_y += ny
+            n_poly += len(poly)
+        hdu = fits.ImageHDU(np.concatenate(stamps).astype(np.float32), name="PSF")
+        hdu.header["PSFTYPE"] = "COADD"
+        hdu.header["NINPUT"] = len(self.psfs)
+        hdu.header["SHAPEY"], hdu.header["SHAPEX"] = self.shape
+        r = list(zip(*rows))
+        inputs = fits.BinTableHDU.from_columns([
+            fits.Column(name="id", format="K", array=np.asarray(r[0], np.int64)),
+            fits.Column(name="weight", format="D", array=np.asarray(r[1], float)),
+            fits.Column(name="nx", format="J", array=np.asarray(r[2])),
+            fits.Column(name="ny", format="J", array=np.asarray(r[3])),
+            fits.Column(name="stamp0", format="J", array=np.asarray(r[4])),
+            fits.Column(name="x0", format="J", array=np.asarray(r[5])),
+            fits.Column(name="y0", format="J", array=np.asarray(r[6])),
+            fits.Column(name="poly0", format="J", array=np.asarray(r[7])),
+            fits.Column(name="npoly", format="J", array=np.asarray(r[8]))], name="PSF_COADD_INPUTS")
+        xs_all, ys_all = np.concatenate(xs_all), np.concatenate(ys_all)
+        grid = fits.BinTableHDU.from_columns([
+            fits.Column(name="x", format="D", array=np.pad(xs_all, (0, max(0, len(ys_all) - len(xs_all))))),
+            fits.Column(name="y", format="D", array=np.pad(ys_all, (0, max(0, len(xs_all) - len(ys_all)))))],
+            name="PSF_COADD_GRID")
+        polys = fits.BinTableHDU.from_columns([
+            fits.Column(name="x", format="D", array=np.concatenate(poly_x) if poly_x else np.zeros(0)),
+            fits.Column(name="y", format="D", array=np.concatenate(poly_y) if poly_y else np.zeros(0))],
+            name="PSF_COADD_POLY")
+        return [hdu, inputs, grid, polys]
+
+    @classmethod
+    def from_hdus(cls, hdul: fits.HDUList) -> CoaddPsf:
+        stamps = np.asarray(hdul["PSF"].data, dtype=np.float64)
+        shape = (int(hdul["PSF"].header["SHAPEY"]), int(hdul["PSF"].header["SHAPEX"]))
+        t = hdul["PSF_COADD_INPUTS"].data
+        gx, gy = np.asarray(hdul["PSF_COADD_GRID"].data["x"]), np.asarray(hdul["PSF_COADD_GRID"].data["y"])
+        px, py = np.asarray(hdul["PSF_COADD_POLY"].data["x"]), np.asarray(hdul["PSF_COADD_POLY"].data["y"])
+        psfs, polygons = [], []
+        for row in t:
+            nx, ny, s0 = int(row["nx"]), int(row["ny"]), int(row["stamp0"])
+            images = stamps[s0:s0 + nx * ny].reshape(ny, nx, stamps.shape[1], stamps.shape[2])
+            psfs.append(ImageGridPSF(images, gx[row["x0"]:row["x0"] + nx], gy[row["y0"]:row["y0"] + ny]))
+            p0, n = int(row["poly0"]), int(row["npoly"])
+            polygons.append(np.column_stack([px[p0:p0 + n], py[p0:p0 + n]]))
+        return cls(psfs, np.asarray(t["weight"], float), polygons, shape, np.asarray(t["id"], np.int64))
+
+    def __repr__(self):
+        return f"CoaddPsf(n_inputs={len(self.psfs)}, shape={self.shape})"
+
+
+def _in_convex_polygon(poly: np.ndarray, x: float, y: float) -> bool:
+    if len(poly) < 3:
+        return False
+    x1, y1 = poly[:, 0], poly[:, 1]
+    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
+    return bool(np.all((x2 - x1) * (y - y1) - (y2 - y1) * (x - x1) >= -1e-9))
+
+
+def _in_convex_polygon_many(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    inside = np.ones(x.shape, bool)
+    if len(poly) < 3:
+        return ~inside
+    for k in range(len(poly)):
+        x1, y1 = poly[k]
+        x2, y2 = poly[(k + 1) % len(poly)]
+        inside &= (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1) >= -1e-9
+    return inside
+
+
+def _grid_kernels(psf: PSF, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
+    """(N, size, size) centred kernels of one PSF, each summing to 1 (vectorised for an ImageGridPSF)."""
+    if isinstance(psf, ImageGridPSF):
+        def weights(grid, v):
+            if len(grid) == 1:
+                z = np.zeros(len(v), int)
+                return z, z, np.zeros(len(v))
+            v = np.clip(v, grid[0], grid[-1])
+            i = np.clip(np.searchsorted(grid, v) - 1, 0, len(grid) - 2)
+            return i, i + 1, (v - grid[i]) / (grid[i + 1] - grid[i])
+        i0, i1, tx = weights(psf.xs, x)
+        j0, j1, ty = weights(psf.ys, y)
+        g = psf.images
+        k = (((1 - tx) * (1 - ty))[:, None, None] * g[j0, i0] + (tx * (1 - ty))[:, None, None] * g[j0, i1]
+             + ((1 - tx) * ty)[:, None, None] * g[j1, i0] + (tx * ty)[:, None, None] * g[j1, i1])
+        if k.shape[-1] != size:
+            k = np.stack([_resize(a, size) for a in k])
+    else:
+        k = np.stack([_resize(np.asarray(psf.kernel_image(float(a), float(b)), float), size)
+                      for a, b in zip(x, y)])
+    return k / k.sum(axis=(1, 2), keepdims=True)
+
+
+def _native_size(psf: PSF, shape) -> int:
+    if isinstance(psf, ImageGridPSF):
+        return psf.size
+    if isinstance(psf, CoaddPsf):
+        return psf.size
+    return int(psf.kernel_image((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0).shape[0])
+
+
+def _as_grid(psf: PSF, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images (ny, nx, S, S), xs, ys) of a PSF: its own grid for an ImageGridPSF, else a 3 x 3 grid."""
+    if isinstance(psf, ImageGridPSF):
+        return psf.images, psf.xs, psf.ys
+    if isinstance(psf, GaussianPSF):
+        xs, ys = np.array([(shape[1] - 1) / 2.0]), np.array([(shape[0] - 1) / 2.0])
+    else:
+        xs = np.linspace(0, shape[1] - 1, 3)
+        ys = np.linspace(0, shape[0] - 1, 3)
+    images = np.stack([np.stack([np.asarray(psf.kernel_image(float(x), float(y)), float) for x in xs])
+                       for y in ys])
+    return images, xs, ys
+
+
 def psf_from_hdus(hdul: fits.HDUList) -> PSF | None:
     """Rebuild the PSF stored in an exposure's FITS file (None if it has none)."""
     names = [h.name for h in hdul]
@@ -267,4 +473,6 @@ def psf_from_hdus(hdul: fits.HDUList) -> PSF | None:
         return PiffPSF.from_bytes(np.asarray(hdu.data, dtype=np.uint8).tobytes(),
                                   (hdu.header.get("PSFCENX", 0.0), hdu.header.get("PSFCENY", 0.0)),
                                   int(hdu.header.get("STAMPSZ", 25)))
+    if kind == "COADD":
+        return CoaddPsf.from_hdus(hdul)
     raise ValueError(f"unknown PSF type {kind!r} in FITS extension PSF")

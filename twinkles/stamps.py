@@ -101,8 +101,15 @@ class PsfStamps:
         self.grid = grid
 
     def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Centred (unshifted) kernels (N, model_size, model_size) at each position, summing to 1."""
-        k = bilinear(self.grid, self.xs, self.ys, np.asarray(x, float), np.asarray(y, float))
+        """Centred (unshifted) kernels (N, model_size, model_size) at each position, summing to 1.
+
+        A PSF with a ``kernels_at(x, y, size)`` method (a coadd's PSF, which jumps at its inputs' edges) gives
+        them exactly at each position instead of by interpolation between grid kernels."""
+        x = np.asarray(x, float)
+        y = np.asarray(y, float)
+        if hasattr(self.psf, "kernels_at"):
+            return self.psf.kernels_at(np.atleast_1d(x), np.atleast_1d(y), self.model_size)
+        k = bilinear(self.grid, self.xs, self.ys, x, y)
         return k / k.sum(axis=(1, 2), keepdims=True)
 
     def stamps(self, x: np.ndarray, y: np.ndarray, size: int | None = None) -> np.ndarray:

@@ -106,3 +106,20 @@ def test_no_keep_names_are_checked():
         resolve_no_keep(pipe, ["wftest_summary"])
     with pytest.raises(WorkflowError, match="not made by any stage"):
         resolve_no_keep(pipe, ["eimage"])
+
+
+def test_cli_no_keep_and_report_disk_section(tmp_path, capsys):
+    import json
+
+    from twinkles.workflow.report import write_report
+    repo = make_repo(tmp_path / "repo", VISITS)
+    assert main(["run", str(repo.root), "--pipeline", PIPE, "--executor", "threads", "--workers", "2",
+                 "--no-progress", "--no-keep", "wf_check"]) == 0
+    assert "intermediates removed once read (--no-keep): wftest_stats 4 file(s)" in capsys.readouterr().out
+    assert repo.query("wftest_stats", runs=RUN) == []
+    index = write_report(repo.root)
+    page = index.read_text()
+    assert "<h2>Disk</h2>" in page and "wftest_image" in page and "removed once read" in page
+    summary = json.loads((index.parent / "summary.json").read_text())
+    assert summary["disk"]["removed"]["wftest_stats"]["files"] == 4
+    assert summary["disk"]["types"]["eimage"]["files"] == 4

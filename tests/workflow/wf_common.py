@@ -1,7 +1,7 @@
 """Shared pieces of the workflow tests' stages: test-only dataset types and a tiny-repository builder.
 
-The stages (wf_check, wf_down, wf_agg, wf_flaky) know nothing of twinkles' science stages: they validate an
-eimage the way process_eimage will (readable, finite pixels, a celestial WCS) and write small deterministic
+The stages (wf_check, wf_down, wf_agg, wf_flaky, wf_limits) know nothing of twinkles' science stages: they
+validate an eimage the way process_eimage will (readable, finite pixels, a celestial WCS) and write small deterministic
 products, so the engine can be tested alone. They are registered with TWINKLES_STAGE_MODULES (see conftest.py).
 """
 
@@ -18,12 +18,29 @@ for _name, _dims, _storage in [("wftest_stats", ("visit", "detector"), "Catalog"
                                ("wftest_down", ("visit", "detector"), "StructuredData"),
                                ("wftest_summary", (), "StructuredData"),
                                ("wftest_flaky", ("visit", "detector"), "StructuredData"),
+                               ("wftest_limits", ("visit", "detector"), "StructuredData"),
                                ("wftest_image", ("visit", "detector"), "Exposure")]:
     if _name not in DATASET_TYPES:
         register_dataset_type(_name, _dims, _storage)
 
-STAGES = {"wf_check": "wf_check", "wf_down": "wf_down", "wf_agg": "wf_agg", "wf_flaky": "wf_flaky"}
+STAGES = {"wf_check": "wf_check", "wf_down": "wf_down", "wf_agg": "wf_agg", "wf_flaky": "wf_flaky",
+          "wf_limits": "wf_limits"}
 ENV_VALUE = ",".join(f"{k}={v}" for k, v in STAGES.items())
+
+
+def register_test_stages(mp) -> None:
+    """Register the test stages, with ``mp`` (a pytest MonkeyPatch: undone after the test or fixture), in this
+    process (the stage table) and in every process it starts (TWINKLES_STAGE_MODULES, PYTHONPATH)."""
+    import os
+    from pathlib import Path
+
+    from twinkles.stages import STAGE_MODULES
+    here = str(Path(__file__).resolve().parent)
+    mp.setenv("TWINKLES_STAGE_MODULES", ENV_VALUE)
+    mp.setenv("PYTHONPATH", os.pathsep.join([here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                       if p]))
+    for name, module in STAGES.items():
+        mp.setitem(STAGE_MODULES, name, module)
 
 
 def make_wcs(shape=(64, 64)) -> WCS:

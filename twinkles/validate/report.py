@@ -21,7 +21,7 @@ from . import plots
 from .science import reference_offset_mmag
 from .single_frame import repeatability, validate_visit
 
-__all__ = ["validation_sections", "process_eimage_section", "SECTION_BUILDERS"]
+__all__ = ["validation_sections", "process_eimage_section", "assemble_coadd_section", "SECTION_BUILDERS"]
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,47 @@ def process_eimage_section(repo: Repository, run: str, outdir: Path, max_visits:
             "figures": [str(Path(f).relative_to(outdir)) for f in figs]}
 
 
+def assemble_coadd_section(repo: Repository, run: str, outdir: Path, max_figures: int = 8) -> dict | None:
+    """Coadds (assemble_coadd): depth, nImage and coadd PSF FWHM across each patch, noise, inputs."""
+    from .coadd import coadd_metrics, plot_coadd
+    refs = repo.query("deepCoadd", runs=[run])
+    if not refs:
+        return None
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    per, figs = [], []
+    for ref in refs:
+        did = ref.data_id
+        coadd = repo.read(ref)
+        n_image = repo.get("deepCoadd_nImage", did, runs=[run])
+        inputs = repo.get("deepCoadd_inputs", did, runs=[run])
+        m = coadd_metrics(coadd, n_image, inputs)
+        m.update(patch=int(did["patch"]), band=did["band"])
+        per.append(m)
+        if len(figs) < max_figures:
+            name = f"coadd_t{did['tract']}_p{did['patch']}_{did['band']}.png"
+            figs.append(plot_coadd(coadd, n_image, outdir / name,
+                                   f"tract {did['tract']} patch {did['patch']} band {did['band']}: "
+                                   f"{m['n_inputs']} inputs, depth {m['depth_5sigma_median_mag']:.2f}"))
+    metrics = {"n_coadds": len(per)}
+    for band in sorted({m["band"] for m in per}, key="ugrizy".index):
+        mb = [m for m in per if m["band"] == band]
+        metrics[f"{band}_depth_5sigma_median_mag"] = _finite_median(m["depth_5sigma_median_mag"] for m in mb)
+        metrics[f"{band}_n_inputs_max"] = max(m["n_inputs"] for m in mb)
+        metrics[f"{band}_psf_fwhm_range_px"] = f"{min(m['psf_fwhm_min_px'] for m in mb):.2f} - " \
+                                               f"{max(m['psf_fwhm_max_px'] for m in mb):.2f}"
+    metrics["n_missing_inputs"] = sum(m["n_missing"] for m in per)
+    metrics["n_rejected_inputs"] = sum(m["n_rejected"] for m in per)
+    metrics["artifact_pixels"] = sum(m["artifact_pixels"] for m in per)
+    metrics["empty_sky_chi_robust_sd_median"] = _finite_median(m["empty_sky_chi_robust_sd"] for m in per)
+    metrics["inexact_psf_fraction_median"] = _finite_median(m["inexact_psf_fraction"] for m in per)
+    metrics = {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+    return {"title": "assemble_coadd (deep coadds): depth, coverage and coadd PSF", "metrics": metrics,
+            "figures": [str(Path(f).relative_to(outdir)) for f in figs]}
+
+
 #: builders of the validation sections, in pipeline order; each (repo, run, outdir) -> dict | None
-SECTION_BUILDERS: list[Callable] = [process_eimage_section]
+SECTION_BUILDERS: list[Callable] = [process_eimage_section, assemble_coadd_section]
 
 
 def validation_sections(repo, run: str, outdir, raise_errors: bool = False) -> list[dict]:

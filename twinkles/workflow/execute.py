@@ -7,14 +7,19 @@ Executors (``--executor``):
   Stock Parsl, configured through its public options only (one block started at once, a prefetched task per
   worker, a 50 ms poll period, short heartbeats);
 * ``threads``: Parsl's ThreadPoolExecutor in this process (tests, debugging);
-* ``slurm``: the NERSC Perlmutter example shipped in ``twinkles/workflow/configs/nersc_perlmutter.py``;
+* ``slurm``: any Slurm cluster, ``twinkles/workflow/configs/generic_slurm.py`` (partition, account, nodes per
+  block, walltime, worker init from ``--partition`` ... flags or ``TWINKLES_SLURM_*`` variables);
+* ``perlmutter``: the NERSC Perlmutter example, ``twinkles/workflow/configs/nersc_perlmutter.py``;
 * ``CONFIG.py``: any Python file defining ``make_config(run_dir, workers)`` returning a ``parsl.config.Config``
   (or a module-level ``config``); moving from a laptop to a cluster is a matter of this file.
 
 Only this process writes the registry: jobs return the refs they wrote and their measurements; outputs are
 registered in one transaction per finished batch, then the job records are updated. Parsl run directories go
-under ``REPO/runinfo``. Small jobs are batched (several quanta per Parsl task) once their duration is known, so
-the ~40 ms per-task cost of Parsl stays small against the work.
+under ``REPO/runinfo``. On a batch-system executor the blocks (Slurm jobs) and their states are recorded every
+few seconds (``workflow_blocks``, shown by ``twinkles status``). Per-job limits (``--job-memory``, ``--job-time``,
+per stage in ``twinkles.yaml``: :mod:`twinkles.workflow.limits`) travel with each job to its worker; a job stopped
+at a limit is failed at once (retried only with ``--retry-exceeded``). Small jobs are batched (several quanta
+per Parsl task) once their duration is known, so the ~40 ms per-task cost of Parsl stays small against the work.
 """
 
 from __future__ import annotations
@@ -41,11 +46,13 @@ from .pipeline import resolve_pipeline
 from .records import JobStore
 
 __all__ = ["run_pipeline", "RunSummary", "IntermediateRemover", "resolve_no_keep", "build_parsl_config", "EXECUTORS",
-           "WorkflowError", "available_cores",
-           "NERSC_CONFIG"]
+           "WorkflowError", "available_cores", "NERSC_CONFIG", "SLURM_CONFIG"]
 
-EXECUTORS = ("local", "threads", "slurm")
+EXECUTORS = ("local", "threads", "slurm", "perlmutter")
 NERSC_CONFIG = Path(__file__).parent / "configs" / "nersc_perlmutter.py"
+SLURM_CONFIG = Path(__file__).parent / "configs" / "generic_slurm.py"
+#: seconds between two records of the blocks' states
+BLOCK_RECORD_S = 2.0
 INPUT_RUNS = ["raw"]
 #: aim for Parsl tasks of about this many seconds when batching quick jobs
 TARGET_TASK_SECONDS = 1.0
@@ -111,12 +118,14 @@ def _threads_config(run_dir: Path, workers: int):
                   strategy="none", retries=0, usage_tracking=0)
 
 
-def load_config_file(path: str | Path, run_dir: Path, workers: int | None):
-    """Build the Parsl config of a config file: ``make_config(run_dir=, workers=)`` or module-level ``config``."""
+def load_config_file(path: str | Path, run_dir: Path, workers: int | None, settings: dict | None = None):
+    """Build the Parsl config of a config file: ``make_config(run_dir=, workers=[, **settings])`` or module-level
+    ``config``; ``settings``: cluster settings given on the command line (--partition ...), None values dropped."""
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
     path = Path(path)
     if not path.is_file():
-        raise WorkflowError(f"--executor {path}: no such config file; give local, threads, slurm or the path of "
-                            "a Python file defining make_config(run_dir, workers)")
+        raise WorkflowError(f"--executor {path}: no such config file; give local, threads, slurm, perlmutter or the "
+                            "path of a Python file defining make_config(run_dir, workers)")
     spec = importlib.util.spec_from_file_location(f"twinkles_parsl_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -124,7 +133,19 @@ def load_config_file(path: str | Path, run_dir: Path, workers: int | None):
     except Exception as exc:
         raise WorkflowError(f"{path}: cannot load the Parsl config file ({type(exc).__name__}: {exc})") from exc
     if hasattr(module, "make_config"):
-        config = module.make_config(run_dir=str(run_dir), workers=workers)
+        try:
+            config = module.make_config(run_dir=str(run_dir), workers=workers, **settings)
+        except TypeError as exc:
+            if settings and "argument" in str(exc):
+                flags = ", ".join("--" + k.replace("_", "-") for k in settings)
+                raise WorkflowError(f"{path}: its make_config does not take {flags} ({exc}); set them in the file "
+                                    "or use --executor slurm") from None
+            raise
+        except ValueError as exc:
+            raise WorkflowError(f"{path}: {exc}") from None
+    elif settings:
+        flags = ", ".join("--" + k.replace("_", "-") for k in settings)
+        raise WorkflowError(f"{path}: defines a module-level config, which cannot take {flags}")
     elif hasattr(module, "config"):
         config = module.config
         config.run_dir = str(run_dir)
@@ -145,18 +166,26 @@ def config_workers(config) -> int:
             continue
         per_node = getattr(ex, "max_workers_per_node", None)
         provider = getattr(ex, "provider", None)
-        cores = getattr(provider, "cores_per_node", None) or available_cores()
+        cores = getattr(provider, "cores_per_node", None)
         cpw = getattr(ex, "cores_per_worker", 1.0) or 1.0
-        n = int(cores // cpw)
-        if per_node not in (None, float("inf")):
+        finite = per_node not in (None, float("inf"))
+        # a node's cores unknown here (a cluster's node, not this machine): the workers asked for, else ours
+        n = int((cores or (int(per_node) if finite else available_cores())) // cpw)
+        if finite:
             n = min(n, int(per_node))
         nodes = getattr(provider, "nodes_per_block", 1) * max(1, getattr(provider, "max_blocks", 1))
         total += max(1, n) * nodes
     return max(1, total)
 
 
-def build_parsl_config(executor: str, run_dir: Path, workers: int | None):
-    """(parsl Config, worker slots, isolated) for an ``--executor`` value."""
+def build_parsl_config(executor: str, run_dir: Path, workers: int | None, settings: dict | None = None):
+    """(parsl Config, worker slots, isolated) for an ``--executor`` value; ``settings``: cluster settings
+    (partition, account, nodes_per_block, max_blocks, walltime, worker_init) for a config file that takes them."""
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    if given and executor in ("local", "threads"):
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise WorkflowError(f"{flags}: settings of a Slurm cluster, not of --executor {executor}; add "
+                            "--executor slurm")
     run_dir.mkdir(parents=True, exist_ok=True)
     if executor == "local":
         n = workers or available_cores()
@@ -165,11 +194,13 @@ def build_parsl_config(executor: str, run_dir: Path, workers: int | None):
         n = workers or available_cores()
         return _threads_config(run_dir, n), n, False
     if executor == "slurm":
-        config = load_config_file(NERSC_CONFIG, run_dir, workers)
+        config = load_config_file(SLURM_CONFIG, run_dir, workers, given)
+    elif executor == "perlmutter":
+        config = load_config_file(NERSC_CONFIG, run_dir, workers, given)
     elif executor.endswith(".py"):
-        config = load_config_file(executor, run_dir, workers)
+        config = load_config_file(executor, run_dir, workers, given)
     else:
-        raise WorkflowError(f"--executor {executor!r}: use local, threads, slurm or a CONFIG.py file")
+        raise WorkflowError(f"--executor {executor!r}: use local, threads, slurm, perlmutter or a CONFIG.py file")
     isolated = not any(hasattr(ex, "max_threads") for ex in config.executors)
     return config, config_workers(config), isolated
 
@@ -251,13 +282,17 @@ class _Estimator:
 def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", workers: int | None = None,
                  retries: int = 1, run: str | None = None, query: dict | None = None,
                  overrides: dict[str, str] | None = None, progress: bool | None = None,
-                 batch: int | None = None, echo=None, no_keep: list[str] | None = None) -> RunSummary:
+                 batch: int | None = None, echo=None, no_keep: list[str] | None = None, job_memory=None,
+                 job_time=None, retry_exceeded: bool = False, cluster: dict | None = None) -> RunSummary:
     """Run (or resume) a pipeline on a repository; returns a summary. Never raises for a failed job.
 
     ``progress``: show a tqdm bar (None: only on a terminal). ``batch``: fixed quanta per Parsl task (default:
     adaptive). ``echo``: a function printing status lines (default: stderr). ``no_keep``: stages or dataset
     types whose outputs are intermediates, removed once every job of the pipeline reading them is done (None:
-    ``storage.no_keep`` of twinkles.yaml, if any); see :class:`IntermediateRemover`.
+    ``storage.no_keep`` of twinkles.yaml, if any); see :class:`IntermediateRemover`. ``job_memory``/``job_time``:
+    per-job limits ("4GB", "30m"; :mod:`twinkles.workflow.limits`); ``retry_exceeded``: retry jobs stopped at a
+    limit too. ``cluster``: settings of a Slurm config (partition, account, nodes_per_block, max_blocks,
+    walltime, worker_init).
     """
     from ..environment import ensure_env_bin_on_path  # HTEX starts interchange.py / process_worker_pool.py
 
@@ -276,6 +311,16 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
     if no_keep is None:
         no_keep = (repo.config.get("storage") or {}).get("no_keep") or []
     no_keep_types = resolve_no_keep(pipe, no_keep)
+    from .limits import LimitError, stage_limits
+    try:
+        limits = stage_limits(repo.config, pipe.names, job_memory, job_time)
+    except LimitError as exc:
+        raise WorkflowError(str(exc)) from None
+    limits = {k: v for k, v in limits.items() if v["memory_bytes"] or v["time_s"]}
+    if limits and executor == "threads":
+        raise WorkflowError("--job-memory/--job-time (or limits in twinkles.yaml) are enforced by worker processes: "
+                            "use --executor local or a cluster executor, not threads")
+    opts = {"limits": limits, "retry_exceeded": retry_exceeded, "cluster": cluster or {}}
     with _repo_lock(repo):
         cleaned = repo.check(fix=True)
         if cleaned["temporary_files"] or cleaned["missing_files"] or cleaned["damaged_files"]:
@@ -286,7 +331,7 @@ def run_pipeline(repo_path, pipeline: str = "l2", executor: str = "local", worke
             echo(f"warning: {cleaned['damaged_inputs']} input file(s) changed size since they were registered "
                  "(truncated?): the jobs reading them will fail; `twinkles check` lists them -- simulate or "
                  "ingest them again")
-        return _orchestrate(repo, run, pipe, executor, workers, retries, query or {}, progress, batch, echo,
+        return _orchestrate(repo, run, pipe, executor, workers, retries, query or {}, progress, batch, echo, opts,
                             no_keep_types)
 
 
@@ -300,12 +345,14 @@ def _check_submit_command(config) -> None:
                                 "run --executor slurm` on the cluster's login node (or use --executor local)")
 
 
-def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, batch, echo,
+def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, batch, echo, opts,
                  no_keep_types=()) -> RunSummary:
     store = JobStore(repo, run)
     previous = store.previous_states()
     run_dir = repo.root / "runinfo"
-    config, n_workers, isolated = build_parsl_config(executor, run_dir, workers)
+    config, n_workers, isolated = build_parsl_config(executor, run_dir, workers, opts["cluster"])
+    if opts["limits"] and not isolated:
+        raise WorkflowError("--job-memory/--job-time need worker processes; this config runs jobs in threads")
     _check_submit_command(config)
     label = executor if executor in EXECUTORS else str(Path(executor).resolve())
     configs = {s.name: _config_dict(s.config) for s in pipe.stages}
@@ -350,7 +397,9 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
             app = python_app(execute_batch, data_flow_kernel=dfk)
             bar = _progress_bar(progress, graph)
             remover = IntermediateRemover(repo, store, graph, pipe, no_keep_types) if no_keep_types else None
-            _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, batch, bar, remover)
+            blocks = _BlockRecorder(dfk, store)
+            _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, batch, bar, remover, opts,
+                  blocks)
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user"
         raise
@@ -363,6 +412,7 @@ def _orchestrate(repo, run, pipe, executor, workers, retries, query, progress, b
         if dfk is not None:
             try:
                 dfk.cleanup()
+                _BlockRecorder(dfk, store).record(final=True)
             except Exception as exc:  # noqa: BLE001 - never hide why the run stopped
                 if status == "finished":
                     raise
@@ -476,8 +526,39 @@ class IntermediateRemover:
         return bool(readers) and all(r.status == "done" for r in readers)
 
 
+class _BlockRecorder:
+    """Records the blocks (batch jobs) of the executors that submit to a batch system, every BLOCK_RECORD_S.
+
+    Reads only Parsl's public executor interface: ``blocks_to_job_id`` and ``status_facade`` (the states its
+    poller last got from the provider, e.g. squeue/sacct), so recording costs no batch-system command."""
+
+    def __init__(self, dfk, store):
+        self.store = store
+        self.executors = {label: ex for label, ex in dfk.executors.items()
+                          if getattr(ex, "provider", None) is not None and hasattr(ex, "blocks_to_job_id")
+                          and type(ex.provider).__name__ != "LocalProvider"}
+        self.last = 0.0
+
+    def record(self, final: bool = False) -> None:
+        if not self.executors or (not final and time.monotonic() - self.last < BLOCK_RECORD_S):
+            return
+        self.last = time.monotonic()
+        for label, ex in self.executors.items():
+            states = dict(ex.status_facade)
+            blocks = {}
+            for block, job_id in dict(ex.blocks_to_job_id).items():
+                st = states.get(str(block))
+                state = st.state.name.lower() if st is not None else "submitted"
+                if final and state in ("running", "pending", "submitted"):
+                    state = "scaled_in"  # the executor stopped, cancelling its blocks
+                message = (st.message or None) if st is not None else None
+                blocks[str(block)] = (job_id, state, message)
+            self.store.record_blocks(label, blocks)
+
+
 def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries, fixed_batch, bar,
-          remover=None) -> None:
+          remover=None, opts=None, blocks=None) -> None:
+    opts = opts or {"limits": {}, "retry_exceeded": False}
     inflight: dict = {}
     est = _Estimator()
     max_inflight = max(2, 2 * n_workers)
@@ -506,16 +587,19 @@ def _loop(repo, run, input_runs, graph, store, app, n_workers, isolated, retries
             store.mark_running(jobs)
             specs = [{"stage": j.stage, "module": graph.stages[j.stage].spec.module_name, "data_id": j.data_id,
                       "overrides": graph.stages[j.stage].spec.overrides, "attempt": j.attempt,
-                      "log_path": log_relpath(run, j.stage, j.key, j.attempt)} for j in jobs]
+                      "log_path": log_relpath(run, j.stage, j.key, j.attempt),
+                      **({"limits": opts["limits"][j.stage]} if j.stage in opts["limits"] else {})} for j in jobs]
             inflight[app(str(repo.root), run, input_runs, specs, isolated, orchestrator)] = jobs
         if not inflight:
             break
         finished, _ = cf.wait(list(inflight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
         for fut in finished:
             jobs = inflight.pop(fut)
-            _collect(repo, run, graph, store, jobs, fut, retries, est)
+            _collect(repo, run, graph, store, jobs, fut, retries, est, opts["retry_exceeded"])
             if remover is not None:
                 remover.after([j for j in jobs if j.status == "done"])
+        if blocks is not None:
+            blocks.record()
         new = graph.take_new_jobs()
         store.add_pending(new)
         skipped = graph.take_changed()
@@ -538,7 +622,7 @@ def _salvage_log(path: Path, error: str) -> bool:
     return True
 
 
-def _collect(repo, run, graph, store, jobs, fut, retries, est) -> None:
+def _collect(repo, run, graph, store, jobs, fut, retries, est, retry_exceeded: bool = False) -> None:
     try:
         results = list(fut.result())
         lost = ""
@@ -567,7 +651,7 @@ def _collect(repo, run, graph, store, jobs, fut, retries, est) -> None:
         if res["status"] == "done":
             items.append((job, res, "done"))
             settle.append((job, "done", ""))
-        elif job.attempts <= retries:
+        elif job.attempts <= retries and (retry_exceeded or not res.get("limit")):
             items.append((job, res, "pending"))  # a retry follows
             job.error = res.get("error", "")
             graph.requeue(job)

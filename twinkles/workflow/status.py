@@ -11,7 +11,7 @@ import time
 
 from ..repo import RAW_RUN, Repository
 from .graph import STATUSES
-from .records import latest_run, load_invocations
+from .records import latest_run, load_blocks, load_invocations
 
 __all__ = ["collect_status", "format_status", "format_disk"]
 
@@ -37,14 +37,17 @@ def _query(repo: Repository, sql: str, run: str) -> list[dict]:
 
 def collect_status(repo: Repository | str, run: str | None = None, max_failures: int = 1000) -> dict:
     """{run, stages: {stage: {status: count, total}}, totals, failures: [the first max_failures], invocation,
-    state}.
+    state, blocks}.
+
+    ``blocks``: the batch-system jobs (Slurm jobs) of the last invocation, each {block, job_id, state, message,
+    done, failed} (jobs finished in it); empty for the local and thread executors.
 
     ``state``: running, finished, failed, interrupted (a "running" invocation whose process is gone), or none.
     """
     repo = repo if isinstance(repo, Repository) else Repository(repo)
     run = run or latest_run(repo)
     out = {"run": run, "stages": {}, "totals": dict.fromkeys(STATUSES, 0), "failures": [], "invocation": None,
-           "state": "none", "missing_stages": [], "repo": str(repo.root), "time": time.time()}
+           "state": "none", "missing_stages": [], "repo": str(repo.root), "time": time.time(), "blocks": []}
     if run is None:
         return out
     invs = load_invocations(repo, run)
@@ -71,6 +74,8 @@ def collect_status(repo: Repository | str, run: str | None = None, max_failures:
                     f"IN ('failed', 'skipped-upstream') ORDER BY status != 'failed', id LIMIT {int(max_failures)}",
                     run):
         out["failures"].append({**j, "error": j["error"] or ""})
+    if out["invocation"]:
+        out["blocks"] = _blocks(repo, run, out["invocation"]["id"], out["state"])
     for c in out["stages"].values():
         c["total"] = sum(c[s] for s in STATUSES)
     out["totals"]["total"] = sum(out["totals"][s] for s in STATUSES)
@@ -78,6 +83,23 @@ def collect_status(repo: Repository | str, run: str | None = None, max_failures:
     return out
 
 
+def _blocks(repo: Repository, run: str, invocation: int, state: str) -> list[dict]:
+    blocks = load_blocks(repo, run, invocation)
+    if not blocks:
+        return []
+    with repo.read_only() as conn:
+        per = {(r["block"], r["status"]): r["n"] for r in conn.execute(
+            "SELECT block, status, COUNT(*) AS n FROM job_attempts WHERE run=? AND invocation=? AND block IS NOT NULL "
+            "GROUP BY block, status", (run, invocation)).fetchall()}
+    out = []
+    for b in blocks:
+        live = b["state"]
+        if state == "interrupted" and live in ("running", "pending", "submitted"):
+            live = f"{live} when the run stopped"
+        out.append({"block": b["block"], "job_id": b["job_id"], "state": live, "message": b["message"] or "",
+                    "executor": b["executor"], "done": per.get((b["job_id"], "done"), 0),
+                    "failed": per.get((b["job_id"], "failed"), 0)})
+    return out
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB" if n < 1e10 else f"{n / 1e9:.2f} GB"
 
@@ -123,6 +145,12 @@ def format_status(st: dict, max_failures: int = 50) -> str:
                      f"{c['running']:>7} {c['pending']:>7} {c['total']:>6}  {pct:5.1f}% done")
     if st["missing_stages"]:
         lines.append(f"  not implemented yet: {', '.join(st['missing_stages'])}")
+    if st.get("blocks"):
+        lines.append(f"  blocks (batch jobs) of this run: {len(st['blocks'])}")
+        lines.append(f"    {'block':>5}  {'job id':>10}  {'state':<12} {'jobs done':>9} {'failed':>6}")
+        for b in st["blocks"]:
+            lines.append(f"    {b['block']:>5}  {b['job_id'] or '-':>10}  {b['state']:<12} {b['done']:>9} "
+                         f"{b['failed']:>6}")
     lines.extend(format_disk(st.get("disk")))
     failed = [f for f in st["failures"] if f["status"] == "failed"]
     skipped = [f for f in st["failures"] if f["status"] == "skipped-upstream"]
