@@ -283,6 +283,20 @@ def ours_main(args) -> int:
     sky = SkyMap.from_dict(spec["sky"])
     shape = tuple(spec["shape"])
     wcs = sky.patch_wcs(0)
+    if spec["combine"] == "assemble_coadd":
+        # the real stage's run(): warps made by loaders, read one at a time into its accumulator (CoaddPsf and
+        # inputs table included); no artifact rejection and only NO_DATA left out, as SWarp's WEIGHTED combine
+        from twinkles.stages.assemble_coadd import Config, WarpInput, run
+        t0 = time.perf_counter()
+        warps = [WarpInput(visit=i, direct=(lambda p=p: warp_exposure(Exposure.read_fits(p), wcs, shape)))
+                 for i, p in enumerate(spec["calexps"])]
+        res = run(warps, Config(do_artifact_rejection=False, require_psf_matched=False, bad_mask_planes=["NO_DATA"]))
+        t1 = time.perf_counter()
+        res.coadd.psf = None  # the CoaddPsf is computed (timed) but not written: SWarp writes none
+        res.coadd.write_fits(spec["out"])
+        print("ours steps (s):", json.dumps({"read_warp_assemble": round(t1 - t0, 2),
+                                             "write": round(time.perf_counter() - t1, 2)}), flush=True)
+        return 0
     combiner = make_combiner(shape)
     t = {"read": 0.0, "warp": 0.0, "psf_match": 0.0, "combine": 0.0}
     for p in spec["calexps"]:
@@ -293,8 +307,8 @@ def ours_main(args) -> int:
         del e
         t2 = time.perf_counter()
         if spec["psf_matched"]:
-            from twinkles.stages.warp import Config, _psf_matched
             from twinkles.psf import GaussianPSF
+            from twinkles.stages.warp import Config, _psf_matched
             cfg = Config()
             x0, y0, x1, y1 = (int(v) for v in w.metadata["bbox"].split())
             w.metadata["psf_fwhm_px"] = float(w.psf.fwhm((x0 + x1) / 2, (y0 + y1) / 2))
@@ -315,11 +329,12 @@ def ours_main(args) -> int:
     return 0
 
 
-def run_ours(calexps, sky, shape, workdir: Path, psf_matched: bool) -> tuple[dict, Path]:
+def run_ours(calexps, sky, shape, workdir: Path, psf_matched: bool, combine: str) -> tuple[dict, Path]:
     out = workdir / "ours_coadd.fits"
     spec = workdir / "ours_spec.json"
     spec.write_text(json.dumps({"sky": sky.to_dict(), "shape": list(shape), "calexps": [str(p) for p in calexps],
-                                "out": str(out), "psf_matched": psf_matched}))
+                                "out": str(out), "psf_matched": psf_matched,
+                                "combine": combine}))
     res = run_measured([sys.executable, str(Path(__file__).resolve()), "--ours-spec", str(spec)], workdir,
                        workdir / "ours.log")
     return res, out
@@ -384,6 +399,8 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
     p.add_argument("--psf-matched", action="store_true", help="ours also makes PSF-matched warps (timed)")
     p.add_argument("--no-lock", action="store_true", help=f"do not take {LOCK}")
+    p.add_argument("--combine", choices=["assemble_coadd", "mean"], default="assemble_coadd",
+                   help="ours' combine: the assemble_coadd stage's run() (default) or the simple weighted mean")
     p.add_argument("--compressed-inputs", action="store_true",
                    help="ours reads the repository's tile-compressed calexps (default: uncompressed copies, as SWarp)")
     p.add_argument("--ours-spec", help=argparse.SUPPRESS)
@@ -433,14 +450,15 @@ def main(argv=None) -> int:
             # both read their inputs from the page cache (SWarp's were just written; ours may not be)
             for path in list(calexps[:n]) + (list(images[:n]) + list(weights[:n]) if swarp else []):
                 Path(path).read_bytes()
-            ours, ours_out = run_ours(calexps[:n], sky, shape, d, args.psf_matched)
+            ours, ours_out = run_ours(calexps[:n], sky, shape, d, args.psf_matched, args.combine)
             print(f"[{n} calexp(s)]", (d / "ours.log").read_text().strip().splitlines()[-1], flush=True)
             theirs = agreement = None
             if swarp:
                 theirs, sw_out = run_swarp(swarp, images[:n], weights[:n], sky, shape, d)
                 agreement = compare_coadds(ours_out, sw_out)
             results[n] = (ours, theirs, agreement)
-        ours_name = "ours: warp_exposure + " + WeightedMean.label
+        ours_name = "ours: warp_exposure + " + ("assemble_coadd.run (no artifact rejection)"
+                                                if args.combine == "assemble_coadd" else WeightedMean.label)
         sw_name = "SWarp 2.41 (LANCZOS3, WEIGHTED, 1 thread)"
         print()
         print(f"{'program':74s} {'wall s':>8s} {'CPU s':>8s} {'peak MB':>8s}")
