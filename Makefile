@@ -6,22 +6,22 @@ BIN := $(VENV)/bin
 DEMO_REPO ?= twinkles-demo
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo test test-all install install-test browser bench clean-demo
+.PHONY: demo test test-all install install-test browser slurm bench clean-demo
 
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "twinkles needs Python 3.11, found " + sys.version.split()[0] + ": set PYTHON=/path/to/python3.11"'
+	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 13), "twinkles needs Python 3.11 to 3.13, found " + sys.version.split()[0] + ": set PYTHON=/path/to/python3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # compileall: an editable install leaves twinkles' own modules uncompiled, and where PYTHONDONTWRITEBYTECODE is
 # set every process (each workflow worker, each `twinkles` command) would compile them again (~0.1 CPU-s)
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet -e . -c constraints.txt
 	$(BIN)/python -m compileall -q twinkles
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' -c constraints.txt
 	@touch $@
 
 install: $(VENV)/.installed
@@ -37,6 +37,20 @@ browser:
 	  else echo "WARNING: /usr/bin/chromium missing and not root: the browser test will be skipped"; fi; \
 	fi
 
+# Debian's Slurm (slurmctld, slurmd, clients) and MUNGE for the one-node Slurm cluster the workflow tests start
+# (tests/workflow/slurm_cluster.py: its own config and key in a temporary folder; nothing under /etc is used, no
+# daemon is left running); needs root, else those tests are skipped with a message.
+slurm:
+	@if [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/slurmd ] || [ ! -x /usr/sbin/munged ] \
+	    || ! command -v sbatch >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian slurm-wlm and munge for the Slurm tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      slurm-wlm munge >/dev/null) \
+	      || echo "WARNING: could not install slurm-wlm/munge; the Slurm tests will be skipped"; \
+	  else echo "WARNING: slurm-wlm/munge missing and not root: the Slurm tests will be skipped"; fi; \
+	fi
+
 demo: install
 	@if [ ! -f $(DEMO_REPO)/registry.sqlite3 ]; then \
 	  $(BIN)/twinkles simulate $(DEMO_REPO) --preset demo --seed 1; \
@@ -46,7 +60,7 @@ demo: install
 	  $(BIN)/twinkles report $(DEMO_REPO) || exit $$?; \
 	  echo "demo report: $(DEMO_REPO)/report/index.html"; exit $$status
 
-test: install-test browser
+test: install-test browser slurm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-all: PYTEST_ARGS =

@@ -187,7 +187,7 @@ def run_ours(repo_path: Path, visit: int, workdir: Path, keep_outputs: bool = Fa
 
 _WARM_CODE = """
 import json, resource, sys, time
-from twinkles.cli import single_threaded_libraries
+from twinkles.environment import single_threaded_libraries
 single_threaded_libraries()
 from twinkles.stages.runner import run_stage
 repo, visit, run0, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]

@@ -120,8 +120,8 @@ def part_naive(n_gal: int, n_pt: int) -> dict:
     for r in few:
         bulge, disk = galaxy_profiles(t[r])
         fb = float(t[f"{row['band']}_bulgeFrac"][r]) if bulge is not None else 0.0
-        gal = galsim.Add(bulge * fb, disk * (1 - fb)) if bulge is not None else disk
-        prof = galsim.Convolve(gal, psf_profile(row, 0.0, 0.0))
+        profile = galsim.Add(bulge * fb, disk * (1 - fb)) if bulge is not None else disk
+        prof = galsim.Convolve(profile, psf_profile(row, 0.0, 0.0))
         prof.withFlux(float(flux[r]) / njy).drawImage(image=full, add_to_image=True,
                                                        center=galsim.PositionD(x[r] + 1, y[r] + 1))
     dt = time.perf_counter() - t0

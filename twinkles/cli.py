@@ -8,51 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
+import importlib.util
 import sys
-from pathlib import Path
 
+from .environment import ensure_env_bin_on_path, single_threaded_libraries
+from .errors import UserError
 from .startup import frozen_imports
 
-__all__ = ["main", "build_parser", "UserError", "LIBRARY_THREAD_VARIABLES", "single_threaded_libraries"]
-
-#: thread-pool sizes of the numerical libraries (OpenMP: astroscrappy; OpenBLAS: numpy/scipy)
-LIBRARY_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-class UserError(RuntimeError):
-    """An error caused by the command's input: printed without a traceback."""
-
-
-def ensure_env_bin_on_path() -> None:
-    """Put this environment's bin folder (beside sys.executable) first on PATH.
-
-    Parsl's HighThroughputExecutor starts ``interchange.py`` and ``process_worker_pool.py`` by name; a user who
-    runs ``.venv/bin/twinkles`` without activating the venv would otherwise get FileNotFoundError.
-    """
-    bindir = str(Path(sys.executable).parent)
-    parts = os.environ.get("PATH", "").split(os.pathsep)
-    if not parts or parts[0] != bindir:
-        os.environ["PATH"] = os.pathsep.join([bindir] + [p for p in parts if p != bindir])
-
-
-def single_threaded_libraries() -> None:
-    """One thread per process for BLAS and OpenMP unless the user set them: a job is one core's work (the
-    workflow runs workers = cores), and idle OpenBLAS threads spin (~0.2 CPU-s per process start measured, more
-    after every small matrix product). Must run before numpy is imported to take effect."""
-    for name in LIBRARY_THREAD_VARIABLES:
-        os.environ.setdefault(name, "1")
-
-
-def _parse_overrides(items: list[str] | None) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UserError(f"--config {item!r}: write stage.field=value, e.g. "
-                            "--config process_eimage.detection.threshold=5")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+__all__ = ["main", "build_parser"]
 
 
 # ------------------------------------------------------------------------------------------ verbs
@@ -72,10 +35,13 @@ def cmd_ingest(args) -> int:
 
 def cmd_stage(args) -> int:
     from .repo import parse_id_args
+    from .stages import load_stage, parse_overrides
     from .stages.runner import run_stage
 
     query = parse_id_args(args.id or [])
-    overrides = _parse_overrides(args.config)
+    overrides = parse_overrides(args.config)
+    with frozen_imports():  # the stage's scientific stack, frozen once imported (see startup.py)
+        load_stage(args.name)
 
     def progress(i, n, rec):
         did = " ".join(f"{k}={v}" for k, v in rec["data_id"].items())

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from .compression import NO_COMPRESSION, Compression, exposure_steps, image_hdu
 from .psf import PSF, psf_from_hdus
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "AB_ZERO_POINT_NJY",
     "tan_project",
     "tan_deproject",
+    "pixel_scale_arcsec",
+    "wcs_is_celestial",
 ]
 
 #: AB magnitude of a flux of 1 nJy: mag = 31.4 - 2.5 log10(flux_nJy).
@@ -103,6 +106,16 @@ class VisitInfo:
         "boresight_dec_deg": "BORE-DEC",
         "rot_sky_pos_deg": "ROTPA",
     }
+
+    def __eq__(self, other) -> bool:
+        """Field by field, an unknown (NaN) value equal to an unknown one: a VisitInfo read back from its header
+        equals the one written (dataclass equality compares NaN fields unequal from Python 3.13 on)."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+                   for a, b in ((getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
+
+    __hash__ = None  # mutable, as the dataclass was
 
     def to_header(self, header: fits.Header) -> None:
         for f in fields(self):
@@ -202,6 +215,14 @@ def tan_deproject(xi_deg, eta_deg, ra0_deg: float, dec0_deg: float):
     return np.degrees(ra) % 360.0, np.degrees(dec)
 
 
+def pixel_scale_arcsec(wcs: WCS) -> float:
+    """Pixel scale (arcsec per pixel) of a celestial WCS at its reference point: the square root of the projected
+    pixel area (``astropy.wcs.utils.proj_plane_pixel_area``), so a rotated or skewed CD matrix gives the scale of
+    a square pixel of the same area."""
+    from astropy.wcs.utils import proj_plane_pixel_area
+    return float(np.sqrt(proj_plane_pixel_area(wcs)) * 3600.0)
+
+
 def wcs_is_celestial(wcs: WCS | None) -> bool:
     return wcs is not None and wcs.has_celestial and wcs.naxis == 2
 
@@ -254,7 +275,13 @@ class Exposure:
                         self.visit_info, dict(self.metadata))
 
     # ---------------------------------------------------------------- FITS I/O
-    def to_hdulist(self) -> fits.HDUList:
+    def to_hdulist(self, compression: Compression | None = None) -> fits.HDUList:
+        """The Exposure as FITS HDUs: an empty primary (visit info, calibration, metadata), IMAGE (with the WCS),
+        MASK, VARIANCE and the PSF's HDUs. ``compression`` (:class:`~twinkles.compression.Compression`; None:
+        uncompressed) ``lossy`` makes the three planes tile-compressed extensions (lossless masks, quantized
+        floats); the PSF HDUs are left as they are. (``lossless`` files are written by the repository through
+        fitsio from the uncompressed HDUs.)"""
+        compression = compression or NO_COMPRESSION
         primary = fits.PrimaryHDU()
         hdr = primary.header
         if self.visit_info is not None:
@@ -266,12 +293,16 @@ class Exposure:
         image_hdr = wcs_to_header(self.wcs) if self.wcs is not None else fits.Header()
         if self.photo_calib is not None:  # PhotoCalib(1.0): already in nJy (warps, coadds)
             image_hdr["BUNIT"] = "nJy" if self.photo_calib.njy_per_electron == 1.0 else "electron"
-        hdus = [primary,
-                fits.ImageHDU(self.image, header=image_hdr, name="IMAGE"),
-                fits.ImageHDU(self.mask, name="MASK"),
-                fits.ImageHDU(self.variance, name="VARIANCE")]
+        mask_hdr = fits.Header()
         for name, bit in MASK_PLANES.items():
-            hdus[2].header[f"HIERARCH MP_{name}"] = bit
+            mask_hdr[f"HIERARCH MP_{name}"] = bit
+        step_image = step_var = None
+        if compression.mode == "lossy":
+            step_image, step_var = exposure_steps(self.variance)
+        hdus = [primary,
+                image_hdu(self.image, "IMAGE", image_hdr, compression, step_image),
+                image_hdu(self.mask, "MASK", mask_hdr, compression),
+                image_hdu(self.variance, "VARIANCE", None, compression, step_var)]
         if self.psf is not None:
             hdus.extend(self.psf.to_hdus())
         return fits.HDUList(hdus)
@@ -285,11 +316,11 @@ class Exposure:
         names = [h.name for h in hdul]
         if "IMAGE" not in names:
             raise ExposureFormatError(f"{source}: no IMAGE extension (extensions: {names})")
-        image_hdu = hdul["IMAGE"]
-        image = np.array(image_hdu.data, dtype=np.float32)
+        img_hdu = hdul["IMAGE"]
+        image = np.array(img_hdu.data, dtype=np.float32)
         mask = np.array(hdul["MASK"].data, dtype=np.int32) if "MASK" in names else None
         variance = np.array(hdul["VARIANCE"].data, dtype=np.float32) if "VARIANCE" in names else None
-        wcs = _quiet_wcs(image_hdu.header) if "CTYPE1" in image_hdu.header else None
+        wcs = _quiet_wcs(img_hdu.header) if "CTYPE1" in img_hdu.header else None
         hdr = hdul[0].header
         psf = psf_from_hdus(hdul)
         metadata = {}
@@ -318,7 +349,3 @@ def _put_metadata(header: fits.Header, key: str, value) -> None:
         if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
             value = str(float(value))
         header[f"HIERARCH META {key.upper()}"] = value.item() if hasattr(value, "item") else value
-
-
-def visit_info_dict(info: VisitInfo) -> dict:
-    return asdict(info)

@@ -24,6 +24,8 @@ import numpy as np
 from astropy.io import fits
 from scipy import ndimage
 
+from .interpolation import bilinear
+
 __all__ = ["PSF", "GaussianPSF", "ImageGridPSF", "PiffPSF", "CoaddPsf", "psf_from_hdus", "measure_fwhm",
            "SIGMA_TO_FWHM"]
 
@@ -144,21 +146,8 @@ class ImageGridPSF(PSF):
     def center(self):
         return (float(self.xs.mean()), float(self.ys.mean()))
 
-    @staticmethod
-    def _weights(grid: np.ndarray, v: float) -> tuple[int, int, float]:
-        if len(grid) == 1:
-            return 0, 0, 0.0
-        v = min(max(v, grid[0]), grid[-1])
-        i = int(np.clip(np.searchsorted(grid, v) - 1, 0, len(grid) - 2))
-        t = (v - grid[i]) / (grid[i + 1] - grid[i])
-        return i, i + 1, t
-
     def kernel_image(self, x, y, size=None):
-        i0, i1, tx = self._weights(self.xs, x)
-        j0, j1, ty = self._weights(self.ys, y)
-        im = ((1 - tx) * (1 - ty) * self.images[j0, i0] + tx * (1 - ty) * self.images[j0, i1]
-              + (1 - tx) * ty * self.images[j1, i0] + tx * ty * self.images[j1, i1])
-        im = _resize(im, size)
+        im = _resize(bilinear(self.images, self.xs, self.ys, float(x), float(y)), size)
         return im / im.sum()
 
     def to_hdus(self):

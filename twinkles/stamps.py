@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from .interpolation import bilinear
+
 __all__ = ["extract_stamps", "stamp_offsets", "fourier_shift", "PsfStamps"]
 
 
@@ -98,15 +100,6 @@ class PsfStamps:
                 grid[j, i] = k / k.sum()
         self.grid = grid
 
-    def _weights(self, grid: np.ndarray, v: np.ndarray):
-        if len(grid) == 1:
-            z = np.zeros(len(v), int)
-            return z, z, np.zeros(len(v))
-        v = np.clip(v, grid[0], grid[-1])
-        i = np.clip(np.searchsorted(grid, v) - 1, 0, len(grid) - 2)
-        t = (v - grid[i]) / (grid[i + 1] - grid[i])
-        return i, i + 1, t
-
     def kernels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Centred (unshifted) kernels (N, model_size, model_size) at each position, summing to 1.
 
@@ -116,11 +109,7 @@ class PsfStamps:
         y = np.asarray(y, float)
         if hasattr(self.psf, "kernels_at"):
             return self.psf.kernels_at(np.atleast_1d(x), np.atleast_1d(y), self.model_size)
-        i0, i1, tx = self._weights(self.xs, x)
-        j0, j1, ty = self._weights(self.ys, y)
-        g = self.grid
-        k = (((1 - tx) * (1 - ty))[:, None, None] * g[j0, i0] + (tx * (1 - ty))[:, None, None] * g[j0, i1]
-             + ((1 - tx) * ty)[:, None, None] * g[j1, i0] + (tx * ty)[:, None, None] * g[j1, i1])
+        k = bilinear(self.grid, self.xs, self.ys, x, y)
         return k / k.sum(axis=(1, 2), keepdims=True)
 
     def stamps(self, x: np.ndarray, y: np.ndarray, size: int | None = None) -> np.ndarray:

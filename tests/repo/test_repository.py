@@ -41,7 +41,11 @@ def repo(tmp_path):
     return Repository.create(tmp_path / "repo", {"field": {"ra_deg": 53.0091, "dec_deg": -27.4389}})
 
 
-def test_exposure_round_trip_is_lossless(repo):
+@pytest.mark.parametrize("mode", ["lossless", "none"])
+def test_exposure_round_trip_is_lossless(repo, mode):
+    """With storage.compression lossless (tile-compressed) or none, every plane comes back bit for bit (the lossy
+    default: tests/repo/test_compression.py)."""
+    repo.write_config(dict(repo.config, storage={"compression": mode}))
     exp = _exposure()
     repo.put(exp, "eimage", {"visit": 840, "detector": 0})
     back = repo.get("eimage", {"visit": 840, "detector": 0})

@@ -1,7 +1,9 @@
 """End-to-end tests of process_eimage on a simulated tiny field, against the simulator's truth.
 
 One tiny field (512 x 512, 6 visits in r and i, seed 1) is simulated and processed once per session with
-``twinkles stage process_eimage``; the tests compare the outputs with the truth with tolerances from the noise.
+``twinkles stage process_eimage``; these tests check the outputs, the failure paths and the options. The
+science figures (astrometry, photometry, calibration, completeness) against the truth, with tolerances from the
+noise and on several seeds, are in ``test_process_eimage_science.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from twinkles.repo import QuantumButler, Repository
 from twinkles.stages import ProcessingError, apply_config_overrides, load_stage
 from twinkles.stages.process_eimage import OUTPUTS, Config, run, run_quantum
 from twinkles.validate.match import match_sky
-from twinkles.validate.single_frame import isolated, repeatability, validate_visit
+from twinkles.validate.metrics import astrometric_offsets
+from twinkles.validate.single_frame import repeatability, validate_visit
+from twinkles.validate.stats import assert_within
 
 RUN = "runs/l2"
 
@@ -77,61 +81,6 @@ def test_outputs_written_for_every_visit(tiny_repo, truth):
     assert src["psfFlux"].unit == "nJy"
 
 
-def test_astrometry_against_truth(validations):
-    """Bright (S/N > 50) isolated stars: median offset < 5 mas and RMS < 10 mas per visit (SRD AM1: 10 mas)."""
-    for row, _, meta, v in validations:
-        a = v["astrometry"]
-        assert a["n"] >= 10, f"visit {row['visit']}: only {a['n']} bright isolated stars"
-        assert a["median_offset_mas"] < 5.0, (row["visit"], a)
-        assert a["rms_offset_mas"] < 10.0, (row["visit"], a)
-        assert meta["astrom_rms_mas"] < 50.0  # fit residual against the reference catalog (its own errors ~5 mas)
-
-
-def test_astrometry_pulls_are_consistent_with_centroid_errors(tiny_repo, truth):
-    tcat, visits = truth
-    pulls = []
-    for row in visits:
-        src = tiny_repo.get("src", {"visit": int(row["visit"]), "detector": 0}, runs=[RUN])
-        i_s, i_t, _ = match_sky(src["ra"], src["dec"], tcat["ra"], tcat["dec"], 0.5)
-        ok = (np.asarray(tcat["type"])[i_t] == "star") & isolated(tcat, row["band"])[i_t]
-        ok &= ~np.asarray(src["blended"])[i_s] & ~np.asarray(src["pixelFlags_saturated"])[i_s]
-        ok &= np.asarray(src["psfFlux"] / src["psfFluxErr"])[i_s] > 20
-        dec = np.asarray(tcat["dec"])[i_t[ok]]
-        dx = (np.asarray(src["ra"])[i_s[ok]] - np.asarray(tcat["ra"])[i_t[ok]]) * np.cos(np.radians(dec)) * 3.6e6
-        err = np.asarray(src["xErr"])[i_s[ok]] * 200.0  # mas; 0.2"/pixel
-        meta = tiny_repo.get("process_eimage_metadata", {"visit": int(row["visit"]), "detector": 0}, runs=[RUN])
-        # the WCS fit's own error per axis at a star: the per-axis scatter of its residuals times sqrt(p / N),
-        # the mean leverage of a least-squares fit of p parameters per axis (affine 3 + SIP terms) to N matches
-        deg = int(meta["astrom_sip_degree"])
-        n_par = 3 + max((deg + 1) * (deg + 2) // 2 - 3, 0)
-        wcs_err = meta["astrom_rms_mas"] / math.sqrt(2.0) * math.sqrt(n_par / meta["astrom_n_matches"])
-        pulls.append(dx / np.hypot(err, wcs_err))
-    p = np.concatenate(pulls)
-    sd = 1.4826 * np.median(np.abs(p - np.median(p)))
-    assert 0.7 < sd < 1.5, sd
-
-
-def test_photometry_against_truth(validations):
-    """PSF-flux pulls ((psfFlux - true) / psfFluxErr) of isolated stars (S/N 20-300) vs truth, pooled over the
-    visits, have sd within 0.9-1.2 (give or take twice the standard error of the sd); zero point within 5 mmag."""
-    pulls = np.concatenate([v["photometry"]["pull"] for *_, v in validations])
-    pulls = pulls[np.isfinite(pulls)]
-    assert len(pulls) > 40
-    pulls = pulls[np.abs(pulls) < 5]  # blends and variables the isolation cut missed
-    sd = float(np.std(pulls))
-    se = sd / math.sqrt(2 * (len(pulls) - 1))  # standard error of a standard deviation
-    assert 0.9 - 2 * se < sd < 1.2 + 2 * se, (sd, se, len(pulls))
-    # the median is shifted by the zero point's error (the reference fluxes' 1% errors, the same stars in every
-    # visit): with that error in each star's error the pulls are centred
-    calib = np.concatenate([v["photometry"]["pull_with_calib"] for *_, v in validations])
-    assert abs(np.median(calib[np.isfinite(calib)])) < 0.5
-    zp = np.array([v["zero_point_offset_mmag"] for *_, v in validations])
-    errs = np.array([m["zero_point_err"] * 1000 for _, _, m, _ in validations])
-    assert abs(np.median(zp)) < 5.0, zp
-    # each visit within 5 mmag or 3 sigma of its own error (reference fluxes carry 1% errors each)
-    assert np.all(np.abs(zp) < np.maximum(5.0, 3.0 * errs) + 1.0), (zp, errs)
-
-
 def test_repeatability_pa1(tiny_repo, truth):
     tcat, visits = truth
     for band in np.unique(visits["band"]):
@@ -168,23 +117,44 @@ def test_psf_model_against_true_psf(tiny_repo, truth):
         assert meta["n_psf_stars"] >= 10
 
 
-def test_detection_completeness_and_purity(validations):
-    comp = [v["completeness_snr10"] for *_, v in validations]
-    spur = [v["spurious_fraction"] for *_, v in validations]
-    n = sum(v["n_point_sources_snr10"] for *_, v in validations)
-    det = sum(v["completeness_snr10"] * v["n_point_sources_snr10"] for *_, v in validations)
-    assert n > 100
-    assert det / n > 0.95, comp
-    # spurious detections (no truth object within 1" or inside a galaxy's half-light radius)
-    assert np.mean(spur) < 0.02, spur
-
-
 def test_metadata_contents(validations):
     for row, src, meta, _ in validations:
         for key in ("seeing_arcsec", "zero_point", "sky_level_e", "n_psf_stars", "astrom_rms_mas", "n_sources"):
             assert key in meta
         assert meta["n_sources"] == len(src)
         assert abs(meta["sky_level_e"] / row["skyBg"] - 1) < 0.05
+
+
+def test_calexp_wcs_read_back_against_true_wcs_over_the_sensor(tiny_repo, truth):
+    """The calexp's fitted TAN-SIP WCS, read back from its FITS header, against the simulator's true WCS on a
+    9 x 9 grid over the whole sensor. Expected: the fit's error, per axis sigma = astrom_rms / sqrt(2) x
+    sqrt(p / n) at the fit points on average (p = 6 terms per axis for SIP degree 2, n matches), up to ~2x at the
+    corners (leverage): the grid's rms within 4 sigma, its mean within 4 rms / sqrt(2 n), every point within
+    8 sigma."""
+    from twinkles.sim.wcs import true_wcs
+    _, visits = truth
+    for row in visits[:3]:
+        did = {"visit": int(row["visit"]), "detector": 0}
+        calexp = tiny_repo.get("calexp", did, runs=[RUN])
+        meta = tiny_repo.get("process_eimage_metadata", did, runs=[RUN])
+        # a SIP polynomial when the fit kept degree >= 2 (it is lowered with few matches), plain TAN otherwise
+        has_sip = meta["astrom_sip_degree"] >= 2
+        assert (calexp.wcs.sip is not None) == has_sip, meta["astrom_sip_degree"]
+        assert calexp.wcs.wcs.ctype[0] == ("RA---TAN-SIP" if has_sip else "RA---TAN")
+        tw = true_wcs(dict(zip(row.colnames, row.as_void())), tiny_repo.config)
+        g = np.linspace(0, calexp.image.shape[1] - 1, 9)
+        x, y = np.meshgrid(g, g)
+        ra, dec = calexp.wcs.all_pix2world(x.ravel(), y.ravel(), 0)
+        rt, dt = tw.all_pix2world(x.ravel(), y.ravel(), 0)
+        dra, ddec = astrometric_offsets(ra, dec, rt, dt)
+        n = meta["astrom_n_matches"]
+        d = max(1, meta["astrom_sip_degree"])
+        sigma = meta["astrom_rms_mas"] / math.sqrt(2.0) * math.sqrt((d + 1) * (d + 2) / 2 / n)
+        for name, off in (("RA", dra), ("Dec", ddec)):
+            what = f"visit {did['visit']} {name} (mas), fitted - true WCS over the sensor"
+            assert_within(float(np.mean(off)), 0.0, meta["astrom_rms_mas"] / math.sqrt(2.0 * n), 4.0, "mean " + what)
+            assert float(np.sqrt(np.mean(off ** 2))) < 4.0 * sigma, ("rms " + what, off, sigma)
+            assert float(np.max(np.abs(off))) < 8.0 * sigma, ("max " + what, off, sigma)
 
 
 def test_header_wcs_off_by_5_arcsec_and_rotated(tiny_repo, truth):
@@ -199,14 +169,23 @@ def test_header_wcs_off_by_5_arcsec_and_rotated(tiny_repo, truth):
     w.wcs.set()
     exp.wcs = w
     res = run(exp, tiny_repo.get("ref_cat"), Config(), did)
-    v = validate_visit(res.src, tcat, visits[0], res.metadata)
-    assert v["astrometry"]["median_offset_mas"] < 5.0
-    assert v["astrometry"]["rms_offset_mas"] < 10.0
+    # the same pixels, another starting WCS: the fit must land on the same solution, so the positions of the
+    # same sources agree with the run from the simulated header far within the fit's own error per axis
+    base = tiny_repo.get("src", did, runs=[RUN])
+    meta = tiny_repo.get("process_eimage_metadata", did, runs=[RUN])
+    wcs_err = meta["astrom_rms_mas"] / math.sqrt(2.0 * meta["astrom_n_matches"])
+    i_a, i_b, _ = match_sky(res.src["ra"], res.src["dec"], base["ra"], base["dec"], 0.5)
+    assert len(i_a) > 0.95 * len(base)
+    dra, ddec = astrometric_offsets(res.src["ra"][i_a], res.src["dec"][i_a], base["ra"][i_b], base["dec"][i_b])
+    bright = np.asarray(base["snr"])[i_b] > 20
+    for name, d in (("RA", dra[bright]), ("Dec", ddec[bright])):
+        assert_within(float(np.mean(d)), 0.0, wcs_err, 1.0, f"mean {name} shift (mas) from the perturbed header")
+        assert float(np.sqrt(np.mean(d ** 2))) < 2.0 * wcs_err, (name, d)
 
 
-def _expect_failure(exposure, ref_cat, words):
+def _expect_failure(exposure, ref_cat, words, config=None):
     with pytest.raises(ProcessingError) as info:
-        run(exposure, ref_cat, Config(), {"visit": 840, "detector": 0})
+        run(exposure, ref_cat, config or Config(), {"visit": 840, "detector": 0})
     msg = str(info.value)
     assert "visit 840" in msg
     for w in words:
@@ -235,27 +214,80 @@ def test_bad_input_fails_with_reason(tiny_repo, truth):
     _expect_failure(exp, far, ["astrometry", "reference"])
 
 
+def test_failure_paths_name_the_reason(tiny_repo, monkeypatch):
+    """Each refusal of process_eimage names the visit, what was wrong and the option to change: no visit
+    information, an unknown band, < 5% finite pixels, too few PSF stars, a failed aperture correction, and fits
+    beyond the astrometric and photometric RMS limits (never a calexp with a wrong WCS or zero point)."""
+    import dataclasses
+    from twinkles.algorithms.photocal import PhotoCalError
+    import twinkles.stages.process_eimage as pe
+    did = {"visit": 840, "detector": 0}
+    ref = tiny_repo.get("ref_cat")
+    exp = tiny_repo.get("eimage", did)
+    bad = exp.copy()
+    bad.visit_info = None
+    _expect_failure(bad, ref, ["no visit information", "re-ingest"])
+    bad = exp.copy()
+    bad.visit_info = dataclasses.replace(exp.visit_info, band="q")
+    _expect_failure(bad, ref, ["unknown band 'q'"])
+    bad = exp.copy()
+    bad.image[:500] = np.nan  # 12 of 512 rows left: 2.3% finite
+    _expect_failure(bad, ref, ["only 2.3% of the pixels are finite"])
+
+    def cfg(**kw):
+        return apply_config_overrides(Config(), {k: str(v) for k, v in kw.items()})
+    _expect_failure(exp, ref, ["usable PSF stars", "psf.min_snr"], cfg(**{"psf.min_snr": 1e7}))
+    _expect_failure(exp, ref, ["astrometry.max_rms_mas=0.01", "refusing to write a wrong WCS"],
+                    cfg(**{"astrometry.max_rms_mas": 0.01}))
+    _expect_failure(exp, ref, ["photocal.max_rms_mag=1e-05", "refusing to write a wrong zero point"],
+                    cfg(**{"photocal.max_rms_mag": 1e-5}))
+
+    def no_apcorr(*a, **k):
+        raise PhotoCalError("2 stars for the aperture correction (need >= 3)")
+    monkeypatch.setattr(pe, "aperture_correction", no_apcorr)
+    _expect_failure(exp, ref, ["aperture correction: 2 stars"])
+
+
 def test_partial_nan_and_missing_variance(tiny_repo, truth):
     """A NaN stripe is masked NO_DATA and the rest processed; an image without a variance plane gets one from
-    its counts (Poisson + read noise)."""
+    its counts (Poisson + read noise). Both against the run on the intact eimage: the zero point within 4 of its
+    errors (the two fits share most stars, so this is generous), the positions of the same sources within the
+    WCS fit's error, the same point sources found."""
     tcat, visits = truth
     did = {"visit": 840, "detector": 0}
     ref = tiny_repo.get("ref_cat")
+    base_src = tiny_repo.get("src", did, runs=[RUN])
+    base_meta = tiny_repo.get("process_eimage_metadata", did, runs=[RUN])
+    base_v = validate_visit(base_src, tcat, visits[0], base_meta)
+    wcs_err = base_meta["astrom_rms_mas"] / math.sqrt(2.0 * base_meta["astrom_n_matches"])
+
+    def compare(res, what):
+        assert_within(res.metadata["zero_point"] * 1000, base_meta["zero_point"] * 1000,
+                      base_meta["zero_point_err"] * 1000, 4.0, f"{what}: zero point (mmag) vs the intact run")
+        i_a, i_b, _ = match_sky(res.src["ra"], res.src["dec"], base_src["ra"], base_src["dec"], 0.5)
+        dra, ddec = astrometric_offsets(res.src["ra"][i_a], res.src["dec"][i_a], base_src["ra"][i_b],
+                                        base_src["dec"][i_b])
+        bright = np.asarray(base_src["snr"])[i_b] > 20
+        for name, d in (("RA", dra[bright]), ("Dec", ddec[bright])):
+            assert_within(float(np.mean(d)), 0.0, wcs_err, 4.0, f"{what}: mean {name} shift (mas)")
+        return validate_visit(res.src, tcat, visits[0], res.metadata)
+
     exp = tiny_repo.get("eimage", did)
     exp.image[:, 200:230] = np.nan
     res = run(exp, ref, Config(), did)
     assert (res.calexp.mask[:, 200:230] & mask_bit("NO_DATA")).all()
     assert np.isfinite(res.calexp.image).all()
     assert res.metadata["n_no_data_pixels"] >= 512 * 30
-    v = validate_visit(res.src, tcat, visits[0], res.metadata)
-    assert v["astrometry"]["median_offset_mas"] < 5.0
+    compare(res, "NaN stripe")
     exp = tiny_repo.get("eimage", did)
     exp.variance[:] = 1.0
     res = run(exp, ref, Config(), did)
     assert res.metadata["variance_from_image"]
-    v = validate_visit(res.src, tcat, visits[0], res.metadata)
-    assert abs(v["zero_point_offset_mmag"]) < 10.0
-    assert v["completeness_snr10"] > 0.95
+    v = compare(res, "variance from the image")
+    # the same S/N >= 10 point sources are found (at most one more or fewer: the variance differs slightly)
+    found = round(v["completeness_snr10"] * v["n_point_sources_snr10"])
+    base_found = round(base_v["completeness_snr10"] * base_v["n_point_sources_snr10"])
+    assert abs(found - base_found) <= 1, (found, base_found)
 
 
 def test_failed_quantum_writes_nothing(tiny_repo, tmp_path):
@@ -335,8 +367,17 @@ def test_piff_psf_option(tiny_repo, truth):
     assert isinstance(res.calexp.psf, PiffPSF)
     v = validate_visit(res.src, tcat, visits[1], res.metadata)
     assert abs(v["psf_fwhm_ratio"] - 1) < 0.02
-    assert abs(v["zero_point_offset_mmag"]) < 10
-    assert v["astrometry"]["median_offset_mas"] < 5
+    # against the pixel-model run of the same visit: zero point within 4 of its errors, the same positions
+    base_meta = tiny_repo.get("process_eimage_metadata", did, runs=[RUN])
+    base_src = tiny_repo.get("src", did, runs=[RUN])
+    assert_within(res.metadata["zero_point"] * 1000, base_meta["zero_point"] * 1000,
+                  base_meta["zero_point_err"] * 1000, 4.0, "piff: zero point (mmag) vs the pixel PSF's")
+    wcs_err = base_meta["astrom_rms_mas"] / math.sqrt(2.0 * base_meta["astrom_n_matches"])
+    i_a, i_b, _ = match_sky(res.src["ra"], res.src["dec"], base_src["ra"], base_src["dec"], 0.5)
+    dra, ddec = astrometric_offsets(res.src["ra"][i_a], res.src["dec"][i_a], base_src["ra"][i_b],
+                                    base_src["dec"][i_b])
+    for name, d in (("RA", dra), ("Dec", ddec)):
+        assert_within(float(np.mean(d)), 0.0, wcs_err, 4.0, f"piff: mean {name} shift (mas)")
     from twinkles.image import Exposure
     back = Exposure.from_hdulist(res.calexp.to_hdulist())
     assert isinstance(back.psf, PiffPSF)

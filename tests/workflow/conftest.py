@@ -18,12 +18,6 @@ import wf_common  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def wf_stage_env(monkeypatch):
-    """Register the test stages in this process and in every process it starts."""
-    monkeypatch.setenv("TWINKLES_STAGE_MODULES", wf_common.ENV_VALUE)
-    parts = [str(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(parts))
-    from twinkles.stages import STAGE_MODULES
-    for name, module in wf_common.STAGES.items():  # removed again after the test (other tests see none)
-        monkeypatch.setitem(STAGE_MODULES, name, module)
+    """Register the test stages in this process and in every process it starts (undone after the test)."""
+    wf_common.register_test_stages(monkeypatch)
     yield
-

@@ -157,3 +157,26 @@ def test_quanta_without_the_stage_dimensions_are_refused():
     g = JobGraph(Pipeline("t", stages, []), discover)
     with pytest.raises(StageError, match="give the stage a find_quanta"):
         g.settle(drain(g)[0], "done")
+
+
+def test_removed_intermediates_are_made_again_only_for_jobs_reading_them():
+    """A's outputs calexp were removed (--no-keep) after its readers were done: a resumed run leaves A alone,
+    unless a job still to run reads calexp (then A is done again first); a job reading only A's other output
+    (src, still there) does not bring A back."""
+    stages = [spec("A", ("visit", "detector"), ["eimage"], ["calexp", "src"], {}),
+              spec("B", ("visit", "detector"), ["calexp"], ["forcedSourceTable"], {"calexp": "A"}),
+              spec("S", ("visit", "detector"), ["src"], ["diaSourceTable"], {"src": "A"})]
+    pipe = Pipeline("test", stages, [])
+    previous = {("A", f"visit={v},detector=0"): ("done", 1, ("calexp",)) for v in VISITS}
+    previous.update({("B", f"visit={v},detector=0"): ("done", 1) for v in VISITS if v != 11})
+    previous.update({("S", f"visit={v},detector=0"): ("done", 1) for v in VISITS if v != 12})
+    g = JobGraph(pipe, discover_first, lambda stage, key: previous.get((stage, key)))
+    a = by(g, "A")
+    assert a[11].status == "pending" and not a[11].outputs_removed  # B of visit 11 reads calexp: redo A first
+    assert all(a[v].status == "done" for v in VISITS if v != 11)  # S of visit 12 reads only src: A stays done
+    ready = drain(g)
+    assert [j.label for j in ready] == ["A visit=11 detector=0", "S visit=12 detector=0"]
+    assert by(g, "B")[11].waiting == 1
+    g.settle(ready[0], "done")
+    # (S of visit 11, done before, is done again too: its upstream job ran again -- the engine's usual rule)
+    assert sorted(j.label for j in drain(g)) == ["B visit=11 detector=0", "S visit=11 detector=0"]

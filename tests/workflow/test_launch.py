@@ -1,97 +1,47 @@
-"""How the local executor starts Parsl's processes: a lean Parsl import, workers forked from a fork server."""
+"""The local executor is stock Parsl: its HighThroughputExecutor and LocalProvider, configured through their
+public options; its workers are Parsl's own worker pool, started without the user's venv on PATH."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
 
-from twinkles.workflow.execute import _local_htex_config, _start_local_block
+from wf_common import whoami
 
-
-def test_lean_parsl_imports_the_pool_without_the_whole_library_and_loads_it_on_use():
-    code = (
-        "import sys, twinkles.workflow.lean_parsl\n"
-        "import parsl.executors.high_throughput.process_worker_pool\n"
-        "from parsl import curvezmq\n"  # a submodule: imported, package __init__ still deferred
-        "assert 'parsl.dataflow.dflow' not in sys.modules, 'the DataFlowKernel was imported'\n"
-        "assert 'parsl.executors.flux.executor' not in sys.modules\n"
-        "import parsl\n"
-        "assert callable(parsl.python_app) and parsl.__version__\n"  # first use runs the real __init__
-        "from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor\n"
-        "assert 'parsl.dataflow.dflow' in sys.modules\n"
-        "print('ok')\n")
-    _prints_ok_in_a_fresh_python(code)
+from twinkles.workflow.execute import _local_htex_config
 
 
-def test_stand_ins_keep_typeguard_and_zmq_auth_out_until_used():
-    code = (
-        "import sys, twinkles.workflow.lean_parsl\n"
-        "import parsl.executors.high_throughput.interchange, parsl.executors.high_throughput.process_worker_pool\n"
-        "assert 'asyncio' not in sys.modules and 'unittest.mock' not in sys.modules, 'stand-ins not used'\n"
-        "import typeguard\n"
-        "f = lambda x: x\n"
-        "assert typeguard.typechecked(f) is f and typeguard.typechecked()(f) is f\n"
-        "from typeguard import check_type, TypeCheckError\n"  # anything else: the real typeguard
-        "assert check_type(3, int) == 3\n"
-        "try:\n"
-        "    check_type('3', int)\n"
-        "    raise SystemExit('not checked')\n"
-        "except TypeCheckError:\n"
-        "    pass\n"
-        "assert sys.modules['typeguard'].check_type is check_type\n"
-        "import zmq\n"
-        "from parsl import curvezmq\n"
-        "auth = curvezmq.ThreadAuthenticator(zmq.Context())\n"  # loads the real module when called
-        "import zmq.auth.thread as real\n"
-        "assert type(auth) is real.ThreadAuthenticator and 'asyncio' in sys.modules\n"
-        "print('ok')\n")
-    _prints_ok_in_a_fresh_python(code)
+def test_local_config_is_parsls_own_executor_and_provider(tmp_path):
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    config = _local_htex_config(tmp_path / "runinfo", 2)
+    (ex,) = config.executors
+    assert type(ex) is HighThroughputExecutor and type(ex.provider) is LocalProvider  # no subclass, no patch
+    assert ex.provider.init_blocks == 1 and ex.provider.max_blocks == 1  # the block starts with the run
+    assert ex.max_workers_per_node == 2 and ex.prefetch_capacity == 2
+    assert "process_worker_pool.py" in ex.launch_cmd  # Parsl's own launch command
 
 
-def test_registration_lists_the_same_packages_from_metadata_headers():
-    from importlib.metadata import distributions
-
-    from twinkles.workflow.worker_pool import header_metadata_distributions
-    fast = {d.metadata["Name"]: d.version for d in header_metadata_distributions()}
-    full = {d.metadata["Name"]: d.version for d in distributions()}
-    assert fast == full and "parsl" in fast and "numpy" in fast
-
-
-def _whoami():
-    import os
+def test_local_workers_are_parsls_worker_pool_found_without_an_activated_venv(tmp_path, monkeypatch):
     import sys
+    from pathlib import Path
 
-    import psutil
-    me = psutil.Process()
-    parent = me.parent()
-    return {"pid": os.getpid(), "parent_pid": parent.pid, "parent_threads": parent.num_threads(),
-            "parent": " ".join(parent.cmdline()), "grandparent": " ".join(parent.parent().cmdline()),
-            "dflow_imported": "parsl.dataflow.dflow" in sys.modules}
-
-
-def test_local_workers_are_forked_from_the_pools_fork_server(tmp_path):
     from parsl.app.app import python_app
     from parsl.dataflow.dflow import DataFlowKernel
 
-    from twinkles.cli import ensure_env_bin_on_path
+    from twinkles.environment import ensure_env_bin_on_path
+    bindir = str(Path(sys.executable).parent)
+    # a user who did not activate the venv: its bin folder is not on PATH
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != bindir))
     ensure_env_bin_on_path()
+    assert os.environ["PATH"].split(os.pathsep)[0] == bindir
     dfk = DataFlowKernel(_local_htex_config(tmp_path / "runinfo", 2))
     try:
-        _start_local_block(dfk)
-        app = python_app(_whoami, data_flow_kernel=dfk)
+        app = python_app(whoami, data_flow_kernel=dfk)
         seen = [f.result(timeout=120) for f in [app() for _ in range(4)]]
     finally:
         dfk.cleanup()
     for w in seen:
-        # forked by the fork server -- itself a fork of the pool made before the pool started any thread -- not
-        # spawned by the pool (whose ZeroMQ and communication threads make forking it unsafe)
-        assert "twinkles.workflow.worker_pool" in w["parent"] and "twinkles.workflow.worker_pool" in w["grandparent"]
-        assert w["parent_threads"] == 1, w
-        assert not w["dflow_imported"], w  # the worker has only the parts of Parsl it uses
-    assert len({w["pid"] for w in seen}) <= 2 and len({w["parent_pid"] for w in seen}) == 1
-
-
-def _prints_ok_in_a_fresh_python(code: str) -> None:
-    """Run ``code`` in a new interpreter (imports are the point of these tests); it must print ok."""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+        assert "process_worker_pool.py" in w["pool"] and w["pid"] != os.getpid()
+        assert Path(w["executable"]).parent == Path(sys.executable).parent  # this environment's Python
+    assert len({w["pid"] for w in seen}) <= 2

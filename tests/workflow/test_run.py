@@ -155,7 +155,7 @@ def test_cli_run_status_and_exit_codes(tmp_path, capsys):
     assert main(["run", str(good.root), "--pipeline", "nope", "--executor", "threads"]) == 2
     assert main(["run", str(good.root), "--pipeline", "wf_check", "--executor", "bogus"]) == 2
     err = capsys.readouterr().err
-    assert "unknown stage(s) nope" in err and "use local, threads, slurm or a CONFIG.py" in err
+    assert "unknown stage(s) nope" in err and "use local, threads, slurm, perlmutter or a CONFIG.py" in err
 
 
 def test_l2_pipeline_names_stages_not_implemented(tmp_path):
@@ -170,8 +170,10 @@ def test_l2_pipeline_names_stages_not_implemented(tmp_path):
 
 def test_slurm_without_sbatch_is_a_clear_error(tmp_path, monkeypatch, capsys):
     import shutil
-    if shutil.which("sbatch"):
-        pytest.skip("sbatch exists here: this is a cluster")
+    import sys
+    from pathlib import Path
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # no sbatch, even where Slurm is installed
+    assert shutil.which("sbatch") is None
     repo = make_repo(tmp_path / "repo", [1])
     assert main(["run", str(repo.root), "--pipeline", "wf_check", "--executor", "slurm"]) == 2
     assert "`sbatch` is not on PATH" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Shared pieces of the workflow tests' stages: test-only dataset types and a tiny-repository builder.
 
-The stages (wf_check, wf_down, wf_agg, wf_flaky) know nothing of twinkles' science stages: they validate an
-eimage the way process_eimage will (readable, finite pixels, a celestial WCS) and write small deterministic
+The stages (wf_check, wf_down, wf_agg, wf_flaky, wf_limits) know nothing of twinkles' science stages: they
+validate an eimage the way process_eimage will (readable, finite pixels, a celestial WCS) and write small deterministic
 products, so the engine can be tested alone. They are registered with TWINKLES_STAGE_MODULES (see conftest.py).
 """
 
@@ -18,12 +18,29 @@ for _name, _dims, _storage in [("wftest_stats", ("visit", "detector"), "Catalog"
                                ("wftest_down", ("visit", "detector"), "StructuredData"),
                                ("wftest_summary", (), "StructuredData"),
                                ("wftest_flaky", ("visit", "detector"), "StructuredData"),
+                               ("wftest_limits", ("visit", "detector"), "StructuredData"),
                                ("wftest_image", ("visit", "detector"), "Exposure")]:
     if _name not in DATASET_TYPES:
         register_dataset_type(_name, _dims, _storage)
 
-STAGES = {"wf_check": "wf_check", "wf_down": "wf_down", "wf_agg": "wf_agg", "wf_flaky": "wf_flaky"}
+STAGES = {"wf_check": "wf_check", "wf_down": "wf_down", "wf_agg": "wf_agg", "wf_flaky": "wf_flaky",
+          "wf_limits": "wf_limits"}
 ENV_VALUE = ",".join(f"{k}={v}" for k, v in STAGES.items())
+
+
+def register_test_stages(mp) -> None:
+    """Register the test stages, with ``mp`` (a pytest MonkeyPatch: undone after the test or fixture), in this
+    process (the stage table) and in every process it starts (TWINKLES_STAGE_MODULES, PYTHONPATH)."""
+    import os
+    from pathlib import Path
+
+    from twinkles.stages import STAGE_MODULES
+    here = str(Path(__file__).resolve().parent)
+    mp.setenv("TWINKLES_STAGE_MODULES", ENV_VALUE)
+    mp.setenv("PYTHONPATH", os.pathsep.join([here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                       if p]))
+    for name, module in STAGES.items():
+        mp.setitem(STAGE_MODULES, name, module)
 
 
 def make_wcs(shape=(64, 64)) -> WCS:
@@ -49,7 +66,8 @@ def make_eimage(visit: int, shape=(64, 64), nan: bool = False, wcs: bool = True,
 def make_repo(root, visits, bad: dict | None = None) -> Repository:
     """A repository with one eimage per visit (detector 0); ``bad``: {visit: "corrupt" | "nan" | "nowcs"}."""
     bad = bad or {}
-    repo = Repository.create(root)
+    # uncompressed images: the tests compare the stages' numbers with the images' exactly, and files byte for byte
+    repo = Repository.create(root, {"storage": {"compression": "none"}})
     for v in visits:
         kind = bad.get(v)
         ref = repo.put(make_eimage(v, nan=kind == "nan", wcs=kind != "nowcs"), "eimage", {"visit": v, "detector": 0})
@@ -64,3 +82,13 @@ def job_rows(repo, run="runs/l2") -> list[dict]:
     """The job records of a run, as dicts, by stage and visit."""
     with repo.read_only() as conn:
         return [dict(r) for r in conn.execute("SELECT * FROM jobs WHERE run=? ORDER BY stage, visit", (run,))]
+
+
+def whoami() -> dict:
+    """A Parsl app body: which process ran it, its parent's command line and its Python."""
+    import os
+    import sys
+
+    import psutil
+    me = psutil.Process()
+    return {"pid": os.getpid(), "pool": " ".join(me.parent().cmdline()), "executable": sys.executable}

@@ -17,10 +17,14 @@ OUTPUTS = ("wftest_down",)
 @dataclass
 class Config:
     sleep_s: float = 0.0  # seconds
+    fail_visits: tuple = ()  # visits on which the stage fails (a reader that fails)
 
 
 def run_quantum(butler, data_id, config: Config) -> dict:
     stats = butler.get("wftest_stats", data_id)
+    if str(data_id["visit"]) in {str(v) for v in config.fail_visits}:
+        from twinkles.stages import ProcessingError
+        raise ProcessingError(f"visit {data_id['visit']}: told to fail (fail_visits)")
     if config.sleep_s:
         time.sleep(config.sleep_s)
     out = {"visit": int(data_id["visit"]), "median_row_mean": float(np.median(stats["mean"]))}

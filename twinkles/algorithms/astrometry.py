@@ -22,7 +22,7 @@ import numpy as np
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
-from ..image import tan_deproject, tan_project
+from ..image import pixel_scale_arcsec, tan_deproject, tan_project
 
 __all__ = ["AstrometryError", "AstrometryResult", "initial_match", "fit_astrometry", "fit_tan_sip",
            "mutual_nearest"]
@@ -117,7 +117,7 @@ def fit_astrometry(x, y, det_order, ref_ra, ref_dec, ref_order, header_wcs: WCS,
     ref_ra = np.asarray(ref_ra, float)
     ref_dec = np.asarray(ref_dec, float)
     ny, nx = shape
-    scale_arcsec = float(np.sqrt(abs(np.linalg.det(header_wcs.pixel_scale_matrix))) * 3600.0)
+    scale_arcsec = pixel_scale_arcsec(header_wcs)
     max_offset_px = max_offset_arcsec / scale_arcsec
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

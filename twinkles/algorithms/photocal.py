@@ -18,8 +18,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.stats import mad_std
+from scipy.stats import norm
 
 from ..image import AB_ZERO_POINT_NJY
+
+#: a Gaussian's sigma per unit of median absolute deviation, 1 / Phi^-1(3/4) = 1.4826 (as astropy.stats.mad_std)
+MAD_TO_SIGMA = 1.0 / norm.ppf(0.75)
 
 __all__ = ["REFERENCE_BAND", "COLOUR_BANDS", "STELLAR_LOCUS", "stellar_locus_offset", "ApertureCorrection",
            "aperture_correction", "PhotoCalResult",
@@ -132,7 +137,7 @@ def aperture_correction(psf_flux, ap_flux_r1, ap_flux_r2, r1: float, r2: float, 
         use = new
     if estimator == "median":
         m1, m2 = float(np.median(q1[use])), float(np.median(q2[use]))
-        err = float(1.2533 * 1.4826 * np.median(np.abs(q2[use] - m2)) / math.sqrt(use.sum()))
+        err = float(math.sqrt(math.pi / 2) * mad_std(q2[use]) / math.sqrt(use.sum()))  # a median's error
     else:
         m1 = float(np.sum(w[use] * q1[use]) / np.sum(w[use]))
         m2 = float(np.sum(w[use] * q2[use]) / np.sum(w[use]))
@@ -228,7 +233,7 @@ def fit_zero_point(inst_flux, inst_flux_err, ref_mag, ref_mag_err, colour=None, 
             zp = float(np.sum(w * y) / np.sum(w))
             zp_err = float(1.0 / math.sqrt(np.sum(w)))
         resid = rm - inst - zp + ct * col
-        rob = 1.4826 * np.median(np.abs(resid[used]))
+        rob = MAD_TO_SIGMA * np.median(np.abs(resid[used]))  # about the fitted zero point, not the median
         limit = clip_nsigma * np.maximum(sig, rob)
         new = good & (np.abs(resid) < limit)
         if new.sum() < min_stars or (new == used).all():

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.stats import mad_std
 
 from ..psf import ImageGridPSF, PiffPSF
 
@@ -62,7 +63,7 @@ def select_psf_stars(snr, ixx, iyy, ixy, usable, min_snr: float = 50.0, size_win
     best = int(np.argmax(counts >= counts.max() * 0.9))
     centre = float(np.median(srt[best:best + counts[best]]))
     members = np.abs(lt - centre) < size_window
-    width = 1.4826 * np.median(np.abs(lt[members] - np.median(lt[members]))) if members.sum() > 2 else 0.02
+    width = float(mad_std(lt[members])) if members.sum() > 2 else 0.02
     width = max(width, 0.01)
     centre = float(np.median(lt[members]))
     keep = np.abs(lt - centre) < clip_nsigma * width
@@ -180,7 +181,7 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, weight_mask: np.ndarr
         if it == n_iter or outlier_nsigma <= 0:
             break
         med = np.median(chi2[keep])
-        mad = 1.4826 * np.median(np.abs(chi2[keep] - med))
+        mad = mad_std(chi2[keep])
         new_keep = keep & (chi2 < med + outlier_nsigma * max(mad, 1e-3 * med)) & (flux > 0)
         if new_keep.sum() < max(min_stars, len(terms) + 1):
             break

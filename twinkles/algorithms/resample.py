@@ -168,6 +168,7 @@ def _warp_kernel(img, var, msk, gu, gv, gj, gx0, gy0, step, bx0, by0, bx1, by1, 
     umax = nx_s - 3.0
     vmax = ny_s - 3.0
     nan = np.float32(np.nan)
+    n_good = 0
     for y in range(by0, by1):
         gy = (y - gy0) / step
         j = int(math.floor(gy))
@@ -216,6 +217,8 @@ def _warp_kernel(img, var, msk, gu, gv, gj, gx0, gy0, step, bx0, by0, bx1, by1, 
             out_img[y, x] = acc * f
             out_var[y, x] = accv * f * f
             out_msk[y, x] = msk[iv, iu]
+            n_good += 1
+    return n_good
 
 
 @njit(cache=True, nogil=True)
@@ -376,37 +379,49 @@ def pixel_mapping(src_wcs: WCS, src_shape: tuple[int, int], dest_wcs: WCS, dest_
 
 
 # --------------------------------------------------------------------------------------------- warping
+@njit(cache=True, nogil=True, inline="always")
+def _or_row(row, t):  # pragma: no cover - compiled
+    nx = row.shape[0]
+    for c in range(2, nx - 3):
+        t[c] = row[c - 2] | row[c - 1] | row[c] | row[c + 1] | row[c + 2] | row[c + 3]
+    for c in range(0, nx):
+        if 2 <= c < nx - 3:
+            continue
+        m = 0
+        for k in range(max(0, c - 2), min(nx, c + 4)):
+            m |= row[k]
+        t[c] = m
+
+
 @njit(cache=True, nogil=True)
-def _footprint_or(msk):  # pragma: no cover - compiled
+def _footprint_or(msk, out):  # pragma: no cover - compiled
     """``out[r, c]`` = OR of ``msk`` over rows r-2..r+3 and columns c-2..c+3 (the Lanczos-3 footprint).
 
-    Two passes (columns, then rows) of six shifted ORs each; the interior loops are branch-free, so they
-    vectorise (~30 ms on a 4k image); the 2-3 pixel borders take the bounds-checked path.
+    Each row's six shifted ORs (branch-free in the interior, so it vectorises) go to a ring of 6 rows, and each
+    output row ORs the six it needs: one pass, no full-size temporary (~30 ms on a 4k image).
     """
     ny, nx = msk.shape
-    tmp = np.zeros((ny, nx), np.int32)
+    ring = np.zeros((6, nx), np.int32)
+    done = 0  # rows of msk already in the ring
     for r in range(ny):
-        row = msk[r]
-        t = tmp[r]
-        for c in range(2, nx - 3):
-            t[c] = row[c - 2] | row[c - 1] | row[c] | row[c + 1] | row[c + 2] | row[c + 3]
-        for c in list(range(0, min(2, nx))) + list(range(max(2, nx - 3), nx)):
-            m = 0
-            for k in range(max(0, c - 2), min(nx, c + 4)):
-                m |= row[k]
-            t[c] = m
-    out = np.zeros((ny, nx), np.int32)
-    for r in range(ny):
+        hi = min(ny, r + 4)
+        while done < hi:
+            _or_row(msk[done], ring[done % 6])
+            done += 1
         o = out[r]
-        if 2 <= r < ny - 3:
-            a, b, c_, d, e, f = tmp[r - 2], tmp[r - 1], tmp[r], tmp[r + 1], tmp[r + 2], tmp[r + 3]
+        lo = max(0, r - 2)
+        if hi - lo == 6:
+            a, b, c_, d, e, f = ring[lo % 6], ring[(lo + 1) % 6], ring[(lo + 2) % 6], ring[(lo + 3) % 6], \
+                ring[(lo + 4) % 6], ring[(lo + 5) % 6]
             for c in range(nx):
                 o[c] = a[c] | b[c] | c_[c] | d[c] | e[c] | f[c]
         else:
-            for k in range(max(0, r - 2), min(ny, r + 4)):
-                tk = tmp[k]
+            for c in range(nx):
+                o[c] = 0
+            for k in range(lo, hi):
+                rk = ring[k % 6]
                 for c in range(nx):
-                    o[c] |= tk[c]
+                    o[c] |= rk[c]
     return out
 
 
@@ -419,46 +434,63 @@ def _table() -> np.ndarray:
     return _TABLE_CACHE[0]
 
 
-def footprint_or(mask: np.ndarray) -> np.ndarray:
-    """The mask OR-ed over every pixel's Lanczos-3 footprint (compute it once when warping onto many grids)."""
-    return _footprint_or(np.ascontiguousarray(mask, dtype=np.int32))
+def footprint_or(mask: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The mask OR-ed over every pixel's Lanczos-3 footprint (compute it once when warping onto many grids).
+
+    ``out``: an int32 array of the mask's shape to write into (reused buffers save page faults on 4k images).
+    """
+    mask = np.ascontiguousarray(mask, dtype=np.int32)
+    if out is None:
+        out = np.empty(mask.shape, np.int32)
+    return _footprint_or(mask, out)
 
 
 def warp_arrays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, pixel_map: PixelMap | None,
-                dest_shape: tuple[int, int], scale: float = 1.0, mask_is_footprint_or: bool = False
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                dest_shape: tuple[int, int], scale: float = 1.0, mask_is_footprint_or: bool = False,
+                count_good: bool = False, out: tuple | None = None) -> tuple:
     """Lanczos-3 resampling of (image, variance, mask) through ``pixel_map`` onto a ``dest_shape`` grid.
 
     ``scale`` multiplies the image (and its square the variance), e.g. nJy per electron. Pixels outside the
     map's box or whose kernel footprint leaves the source are NaN with ``NO_DATA``. Returns float32 image and
     variance and an int32 mask. ``mask_is_footprint_or``: ``mask`` is already :func:`footprint_or` of the mask.
+    With ``count_good`` also the number of pixels with data (a fourth element). ``out``: (image, variance, mask)
+    arrays of ``dest_shape`` (float32, float32, int32) to write into, e.g. reused from one warp to the next.
     """
     ny, nx = dest_shape
     nodata = np.int32(mask_bit("NO_DATA"))
     if pixel_map is None:
-        return (np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32),
-                np.full((ny, nx), nodata, np.int32))
+        planes = (np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32),
+                  np.full((ny, nx), nodata, np.int32))
+        return (*planes, 0) if count_good else planes
     x0, y0, x1, y1 = pixel_map.bbox
     # the kernel writes every pixel of the box: only the rest is filled here
-    out_img = np.empty((ny, nx), np.float32)
-    out_var = np.empty((ny, nx), np.float32)
-    out_msk = np.empty((ny, nx), np.int32)
+    if out is not None:
+        out_img, out_var, out_msk = out
+        if any(a.shape != (ny, nx) for a in out) or (out_img.dtype, out_var.dtype, out_msk.dtype) != (
+                np.float32, np.float32, np.int32):
+            raise ResampleError(f"warp_arrays: out must be float32, float32, int32 arrays of shape {(ny, nx)}")
+    else:
+        out_img = np.empty((ny, nx), np.float32)
+        out_var = np.empty((ny, nx), np.float32)
+        out_msk = np.empty((ny, nx), np.int32)
     for plane, fill in ((out_img, np.nan), (out_var, np.nan), (out_msk, nodata)):
         plane[:y0] = fill
         plane[y1:] = fill
         plane[y0:y1, :x0] = fill
         plane[y0:y1, x1:] = fill
-    _warp_kernel(np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(variance, dtype=np.float32),
-                 np.ascontiguousarray(mask, np.int32) if mask_is_footprint_or else footprint_or(mask),
-                 pixel_map.u, pixel_map.v, pixel_map.jac,
-                 float(pixel_map.gx0), float(pixel_map.gy0), float(pixel_map.step), int(x0), int(y0), int(x1),
-                 int(y1), float(scale), nodata, _table(), out_img, out_var, out_msk)
-    return out_img, out_var, out_msk
+    n_good = _warp_kernel(np.ascontiguousarray(image, dtype=np.float32),
+                          np.ascontiguousarray(variance, dtype=np.float32),
+                          np.ascontiguousarray(mask, np.int32) if mask_is_footprint_or else footprint_or(mask),
+                          pixel_map.u, pixel_map.v, pixel_map.jac, float(pixel_map.gx0), float(pixel_map.gy0),
+                          float(pixel_map.step), int(x0), int(y0), int(x1), int(y1), float(scale), nodata, _table(),
+                          out_img, out_var, out_msk)
+    return (out_img, out_var, out_msk, int(n_good)) if count_good else (out_img, out_var, out_msk)
 
 
 def warp_exposure(exposure: Exposure, dest_wcs: WCS, dest_shape: tuple[int, int], kernel: str = "lanczos3",
                   grid_step_px: int = 32, to_njy: bool = True, psf_grid: int = 5, psf_size: int | None = None,
-                  pixel_map: PixelMap | None = None, footprint_mask: np.ndarray | None = None) -> Exposure:
+                  pixel_map: PixelMap | None = None, footprint_mask: np.ndarray | None = None,
+                  out: tuple | None = None) -> Exposure:
     """Resample an exposure onto ``dest_wcs`` / ``dest_shape`` (Lanczos-3; variance and mask propagated).
 
     With ``to_njy`` (and a ``photo_calib``) the result is in nJy (``photo_calib = PhotoCalib(1.0)``), else in the
@@ -467,6 +499,7 @@ def warp_exposure(exposure: Exposure, dest_wcs: WCS, dest_shape: tuple[int, int]
     Its metadata: the input's, plus ``n_good_pixels`` (pixels not NO_DATA) and ``bbox`` of the covered box.
     Works for any two celestial WCSs (TAN or TAN-SIP each way), e.g. a template onto a visit for DIA.
     ``footprint_mask``: :func:`footprint_or` of the exposure's mask, when warping one exposure onto many grids.
+    ``out``: (image, variance, mask) buffers for the result's planes (see :func:`warp_arrays`).
     """
     if kernel.lower() != "lanczos3":
         raise ResampleError(f"resampling kernel {kernel!r} is not available; use lanczos3")
@@ -478,13 +511,13 @@ def warp_exposure(exposure: Exposure, dest_wcs: WCS, dest_shape: tuple[int, int]
     if to_njy and exposure.photo_calib is not None:
         scale, calib = float(exposure.photo_calib.njy_per_electron), PhotoCalib(1.0)
     mask = exposure.mask if footprint_mask is None else footprint_mask
-    img, var, msk = warp_arrays(exposure.image, exposure.variance, mask, pixel_map, dest_shape, scale,
-                                mask_is_footprint_or=footprint_mask is not None)
+    img, var, msk, n_good = warp_arrays(exposure.image, exposure.variance, mask, pixel_map, dest_shape, scale,
+                                        mask_is_footprint_or=footprint_mask is not None, count_good=True, out=out)
     psf = None
     if exposure.psf is not None and pixel_map is not None:
         psf = transform_psf(exposure.psf, pixel_map, n_grid=psf_grid, size=psf_size)
     meta = dict(exposure.metadata)
-    meta["n_good_pixels"] = int(np.count_nonzero((msk & mask_bit("NO_DATA")) == 0))
+    meta["n_good_pixels"] = n_good
     if pixel_map is not None:
         meta["bbox"] = " ".join(str(v) for v in pixel_map.bbox)
     return Exposure(img, msk, var, dest_wcs.deepcopy(), psf, calib, exposure.visit_info, meta)

@@ -2,7 +2,10 @@
 
 Iteration: ``x <- x + 2 sum(w (x_i - x) I) / sum(w I)`` with ``w = exp(-r^2 / 2 s^2)`` and ``s`` the PSF's
 Gaussian sigma; the factor 2 makes the step exact for a Gaussian profile of that width. The error is the
-linearised propagation of the pixel variances: ``var(x) = 4 sum(w^2 (x_i - x)^2 V) / (sum(w I))^2``.
+linearised propagation of the pixel variances through the fixed point ``sum(w (x_i - x) I) = 0``:
+``var(x) = sum(w^2 (x_i - x)^2 V) / (sum(w I (1 - (x_i - x)^2 / s^2)))^2`` -- for a Gaussian source of width
+``s`` the denominator is ``sum(w I) / 2`` (the classic ``4 sum(w^2 dx^2 V) / (sum w I)^2``), for a real PSF with
+wings (Kolmogorov) it is smaller and the error larger.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def _window_sums(image, variance, good, has_good, x, y, s2, half, with_errors): 
     """sum(w I), sum(w I dx), sum(w I dy) (and sum(w^2 dx^2 V), sum(w^2 dy^2 V)) over the window at round(x, y)."""
     ny, nx = image.shape
     xc, yc = int(np.rint(x)), int(np.rint(y))
-    sw = swx = swy = vx = vy = 0.0
+    sw = swx = swy = vx = vy = jx = jy = 0.0
     for j in range(-half, half + 1):
         yy = yc + j
         if yy < 0 or yy >= ny:
@@ -65,7 +68,9 @@ def _window_sums(image, variance, good, has_good, x, y, s2, half, with_errors): 
                 v = w * w * variance[yy, xx]
                 vx += v * dx * dx
                 vy += v * dy * dy
-    return sw, swx, swy, vx, vy
+                jx += wi * dx * dx
+                jy += wi * dy * dy
+    return sw, swx, swy, vx, vy, jx, jy
 
 
 @njit(cache=True, nogil=True)
@@ -79,7 +84,7 @@ def _windowed_centroid_all(image, variance, good, has_good, x0, y0, sigma, half,
     flag = np.zeros(n, np.bool_)
     for k in range(n):
         for _ in range(n_iter):
-            sw, swx, swy, _, _ = _window_sums(image, variance, good, has_good, x[k], y[k], s2, half, False)
+            sw, swx, swy, _, _, _, _ = _window_sums(image, variance, good, has_good, x[k], y[k], s2, half, False)
             ok = sw > 0
             stepx = min(1.0, max(-1.0, 2.0 * swx / sw)) if ok else 0.0
             stepy = min(1.0, max(-1.0, 2.0 * swy / sw)) if ok else 0.0
@@ -92,10 +97,13 @@ def _windowed_centroid_all(image, variance, good, has_good, x0, y0, sigma, half,
             if math.hypot(stepx, stepy) < tol:
                 break
         # errors at the final position
-        sw, _, _, vx, vy = _window_sums(image, variance, good, has_good, x[k], y[k], s2, half, True)
-        if sw > 0:
-            x_err[k] = 2.0 * math.sqrt(vx) / sw
-            y_err[k] = 2.0 * math.sqrt(vy) / sw
+        sw, _, _, vx, vy, jx, jy = _window_sums(image, variance, good, has_good, x[k], y[k], s2, half, True)
+        # d/dx of sum(w (x_i - x) I) at the fixed point: -(sum(w I) - sum(w I dx^2) / sigma^2)
+        dx_ = sw - 2.0 * jx / s2
+        dy_ = sw - 2.0 * jy / s2
+        if sw > 0 and dx_ > 0 and dy_ > 0:
+            x_err[k] = math.sqrt(vx) / dx_
+            y_err[k] = math.sqrt(vy) / dy_
         else:
             flag[k] = True
     return x, y, x_err, y_err, flag

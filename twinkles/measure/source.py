@@ -19,6 +19,7 @@ from .centroid import windowed_centroid
 from .flags import mask_test, pixel_flags
 from .moments import adaptive_moments, moments_from_stamps
 from .photometry import APERTURE_RADII, _float_plane, aperture_column, aperture_fluxes, psf_flux
+from ..interpolation import bilinear
 from ..stamps import PsfStamps
 
 __all__ = ["MeasurementConfig", "measure_sources", "extendedness", "apply_calibration", "FLUX_COLUMNS"]
@@ -95,7 +96,7 @@ def measure_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, p
     gm = moments_from_stamps(stamps.grid.reshape(-1, stamps.model_size, stamps.model_size), None, sigma)
     for c in ("ixx", "iyy", "ixy"):
         grid_vals = gm[c].reshape(len(stamps.ys), len(stamps.xs))
-        t[c + "PSF"] = _bilinear(stamps.xs, stamps.ys, grid_vals, xc, yc)
+        t[c + "PSF"] = bilinear(grid_vals, stamps.xs, stamps.ys, xc, yc)
     if background is not None and n:
         yi = np.clip(np.rint(yc).astype(int), 0, image.shape[0] - 1)
         xi = np.clip(np.rint(xc).astype(int), 0, image.shape[1] - 1)
@@ -106,23 +107,6 @@ def measure_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, p
     for name, val in pixel_flags(mask, xc, yc, edge_px=edge_px).items():
         t[name] = val
     return t
-
-
-def _bilinear(xs, ys, values, x, y):
-    """Bilinear interpolation of ``values[j, i]`` given at (xs[i], ys[j]) (increasing) at points (x, y), clipped to
-    the grid."""
-    if len(xs) == 1 and len(ys) == 1:
-        return np.full(len(x), values[0, 0])
-    if len(xs) == 1 or len(ys) == 1:
-        return np.full(len(x), float(np.nanmean(values)))
-    x = np.clip(np.asarray(x, float), xs[0], xs[-1])
-    y = np.clip(np.asarray(y, float), ys[0], ys[-1])
-    i = np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2)
-    j = np.clip(np.searchsorted(ys, y) - 1, 0, len(ys) - 2)
-    tx = (x - xs[i]) / (xs[i + 1] - xs[i])
-    ty = (y - ys[j]) / (ys[j + 1] - ys[j])
-    return ((1 - ty) * ((1 - tx) * values[j, i] + tx * values[j, i + 1])
-            + ty * ((1 - tx) * values[j + 1, i] + tx * values[j + 1, i + 1]))
 
 
 def extendedness(psf_flux, psf_flux_err, model_flux, model_flux_err, ratio: float = 0.985,

@@ -4,6 +4,8 @@ Storage classes and what they hold in memory / on disk:
 
 * ``Exposure``   -- :class:`twinkles.image.Exposure`, multi-extension FITS (``.fits``)
 * ``ImageF``     -- a 2-d numpy array, FITS (``.fits``)
+* ``Background`` -- a :class:`twinkles.algorithms.background.BackgroundModel` (mesh values and sep's
+  interpolation; ``.image()`` or ``np.asarray`` gives the full-resolution background), FITS (``.fits``)
 * ``Catalog``    -- an :class:`astropy.table.Table`, Parquet (``.parquet``)
 * ``StructuredData`` -- a JSON-serialisable dict, JSON (``.json``)
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DatasetType", "DATASET_TYPES", "get_dataset_type", "UnknownDatasetTypeError", "register_dataset_type"]
+__all__ = ["DatasetType", "DATASET_TYPES", "STORAGE_CLASSES", "IMAGE_STORAGE", "get_dataset_type",
+           "UnknownDatasetTypeError", "register_dataset_type"]
 
 
 class UnknownDatasetTypeError(KeyError):
@@ -23,13 +26,13 @@ class UnknownDatasetTypeError(KeyError):
 class DatasetType:
     name: str
     dimensions: tuple[str, ...]
-    storage: str  # Exposure | ImageF | Catalog | StructuredData
+    storage: str  # Exposure | ImageF | Background | Catalog | StructuredData
     sql_table: str | None = None  # name of the `twinkles sql` table that unions these catalogs
 
     @property
     def extension(self) -> str:
-        return {"Exposure": ".fits", "ImageF": ".fits", "Catalog": ".parquet", "StructuredData": ".json"}[
-            self.storage]
+        return {"Exposure": ".fits", "ImageF": ".fits", "Background": ".fits", "Catalog": ".parquet",
+                "StructuredData": ".json"}[self.storage]
 
 
 _VD = ("visit", "detector")
@@ -37,10 +40,13 @@ _TPB = ("tract", "patch", "band")
 _TP = ("tract", "patch")
 
 DATASET_TYPES: dict[str, DatasetType] = {}
+STORAGE_CLASSES = ("Exposure", "ImageF", "Background", "Catalog", "StructuredData")
+#: storage classes whose files hold image planes (tile-compressed as ``storage.compression`` says)
+IMAGE_STORAGE = ("Exposure", "ImageF")
 
 
 def register_dataset_type(name: str, dimensions: tuple[str, ...], storage: str, sql_table: str | None = None):
-    if storage not in ("Exposure", "ImageF", "Catalog", "StructuredData"):
+    if storage not in STORAGE_CLASSES:
         raise ValueError(f"unknown storage class {storage!r}")
     DATASET_TYPES[name] = DatasetType(name, tuple(dimensions), storage, sql_table)
     return DATASET_TYPES[name]
@@ -57,7 +63,7 @@ for _name, _dims, _storage, _table in [
     ("truth_artifacts", (), "Catalog", "TruthArtifact"),  # satellite trails, moving transients (twinkles.sim.artifacts)
     # process_eimage
     ("calexp", _VD, "Exposure", None),
-    ("calexp_background", _VD, "ImageF", None),
+    ("calexp_background", _VD, "Background", None),
     ("src", _VD, "Catalog", "Source"),
     ("process_eimage_metadata", _VD, "StructuredData", None),
     # static sky

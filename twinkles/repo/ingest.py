@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.stats import mad_std
 from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ..image import MASK_PLANES, Exposure, VisitInfo
+from ..image import MASK_PLANES, Exposure, VisitInfo, pixel_scale_arcsec
 from .dataid import BANDS
 from .repository import RAW_RUN, DatasetRef, Repository
 
@@ -112,7 +113,7 @@ def read_external_image(path: str | Path, band: str | None = None, visit: int | 
     else:
         faint = electrons[finite]
         med = np.median(faint)
-        mad_sigma = 1.4826 * np.median(np.abs(faint - med))
+        mad_sigma = float(mad_std(faint))
         read_noise = math.sqrt(max(mad_sigma**2 - max(med, 0.0), 0.0))
     variance = np.maximum(electrons, 0.0) + read_noise**2
     mask = np.where(finite, 0, (1 << MASK_PLANES["NO_DATA"]) | (1 << MASK_PLANES["BAD"])).astype(np.int32)
@@ -125,7 +126,7 @@ def read_external_image(path: str | Path, band: str | None = None, visit: int | 
                      airmass=float(header.get("AIRMASS", 1.0)),
                      seeing_arcsec=float(header.get("SEEING", float("nan"))),
                      sky_level_e=float(np.median(electrons[finite])), detector=detector,
-                     pixel_scale_arcsec=float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0))
+                     pixel_scale_arcsec=pixel_scale_arcsec(wcs))
     meta = {"gain": 1.0, "readnoise": read_noise, "ingested_from": Path(path).name,
             "ingested_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if "SATURATE" in header:

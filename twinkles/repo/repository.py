@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from .dataid import DIMENSIONS, DataIdError, data_id_key, format_data_id, validate_data_id
-from .datasets import DatasetType, get_dataset_type
+from .datasets import DATASET_TYPES, IMAGE_STORAGE, DatasetType, get_dataset_type
+from ..compression import COMPRESSION_MODES, Compression, dither_seed_for
 from .storage import TMP_MARKER, read_dataset_file, write_dataset_file
 
 __all__ = ["Repository", "DatasetRef", "RepositoryError", "DatasetNotFoundError", "RAW_RUN", "TRUTH_RUN",
@@ -52,6 +53,11 @@ CREATE TABLE IF NOT EXISTS datasets (
     UNIQUE (dataset_type, run, data_id)
 );
 CREATE INDEX IF NOT EXISTS datasets_type_visit ON datasets (dataset_type, visit);
+CREATE TABLE IF NOT EXISTS removed_datasets (  -- intermediate datasets deleted once read (twinkles run --no-keep)
+    dataset_type TEXT NOT NULL, run TEXT NOT NULL, data_id TEXT NOT NULL, visit INTEGER, path TEXT NOT NULL,
+    size INTEGER, removed TEXT NOT NULL, reason TEXT,
+    PRIMARY KEY (dataset_type, run, data_id)
+);
 CREATE INDEX IF NOT EXISTS datasets_type_patch ON datasets (dataset_type, tract, patch);
 """
 
@@ -117,6 +123,7 @@ class Repository:
             raise RepositoryError(f"{root}: not a twinkles repository (no {REGISTRY_NAME}); create one with "
                                   f"`twinkles simulate {root} --preset tiny` or `twinkles ingest {root} FILES`")
         self._config = None
+        self._compression = None
 
     # ------------------------------------------------------------------ creation and configuration
     @classmethod
@@ -153,6 +160,46 @@ class Repository:
         from .storage import atomic_write_bytes
         atomic_write_bytes(self.root / CONFIG_NAME, yaml.safe_dump(config, sort_keys=False).encode())
         self._config = dict(config)
+        self._compression = None
+
+    def compression_modes(self) -> tuple[str, dict[str, str]]:
+        """(default mode, {dataset type: mode}) of image compression, from ``storage.compression`` in
+        twinkles.yaml: a mode (``lossy``, the default, ``lossless`` or ``none``), or a mapping with ``default``
+        and per-dataset-type modes, e.g. ``{default: lossy, eimage: lossless}``."""
+        if self._compression is None:
+            storage = self.config.get("storage") or {}
+            where = f"{self.root / CONFIG_NAME}: storage.compression"
+            if not isinstance(storage, dict):
+                raise RepositoryError(f"{self.root / CONFIG_NAME}: storage must be a mapping (e.g. "
+                                      "storage: {compression: lossy})")
+            spec = storage.get("compression", "lossy")
+            overrides = {}
+            if isinstance(spec, dict):
+                overrides = {str(k): v for k, v in spec.items() if k != "default"}
+                default = spec.get("default", "lossy")
+            else:
+                default = spec
+            for name, mode in [("default", default)] + list(overrides.items()):
+                if mode not in COMPRESSION_MODES:
+                    raise RepositoryError(f"{where}: {name}: {mode!r} is not a compression mode; use one of "
+                                          f"{', '.join(COMPRESSION_MODES)}")
+            for name in overrides:
+                dt = DATASET_TYPES.get(name)
+                if dt is None or dt.storage not in IMAGE_STORAGE:
+                    images = sorted(n for n, t in DATASET_TYPES.items() if t.storage in IMAGE_STORAGE)
+                    raise RepositoryError(f"{where}: {name!r} is not an image dataset type; the image dataset "
+                                          f"types are {', '.join(images)}")
+            self._compression = (default, overrides)
+        return self._compression
+
+    def compression_for(self, dataset_type: str | DatasetType, data_id: dict) -> Compression | None:
+        """How a dataset's image planes are written (None: not an image dataset): the configured mode, with a
+        dither seed fixed by the dataset type and data ID (a re-run writes identical files)."""
+        dt = get_dataset_type(dataset_type) if isinstance(dataset_type, str) else dataset_type
+        if dt.storage not in IMAGE_STORAGE:
+            return None
+        default, overrides = self.compression_modes()
+        return Compression(overrides.get(dt.name, default), dither_seed_for(f"{dt.name} {data_id_key(data_id)}"))
 
     # ------------------------------------------------------------------ registry connection
     @contextlib.contextmanager
@@ -231,7 +278,7 @@ class Repository:
         dt = get_dataset_type(dataset_type)
         did = validate_data_id(data_id, dt.dimensions)
         rel = self.relative_path(dt, did, run)
-        write_dataset_file(obj, dt.storage, self.root / rel, self.durable_writes)
+        write_dataset_file(obj, dt.storage, self.root / rel, self.durable_writes, self.compression_for(dt, did))
         return DatasetRef(dt.name, did, run, rel)
 
     def register(self, refs: list[DatasetRef] | DatasetRef) -> None:
@@ -354,6 +401,92 @@ class Repository:
 
     def read(self, ref: DatasetRef, columns: list[str] | None = None):
         return read_dataset_file(get_dataset_type(ref.dataset_type).storage, self.root / ref.path, columns)
+
+    # ------------------------------------------------------------------ disk budget
+    def disk_usage(self, runs: list[str] | str | None = None) -> dict:
+        """Bytes on disk of the registered datasets (sizes recorded at registration), in ``runs`` (None: all):
+        ``{"total_bytes", "files", "types": {dataset type: {"files", "bytes", "visits", "bytes_per_visit"}},
+        "visits": {visit: bytes}, "removed": {dataset type: {"files", "bytes"}}}``; ``bytes_per_visit`` is the
+        mean over the visits that have the type (None for types without a visit dimension); ``removed``: what
+        ``twinkles run --no-keep`` deleted once every job reading it was done."""
+        if isinstance(runs, str):
+            runs = [runs]
+        where, args = "", []
+        if runs is not None:
+            where = f" WHERE run IN ({','.join('?' * len(runs))})"
+            args = [validate_run_name(r) for r in runs]
+        with self.read_only() as conn:
+            size = "size" if "size" in {r[1] for r in conn.execute("PRAGMA table_info(datasets)")} else "NULL"
+            rows = conn.execute(f"SELECT dataset_type, visit, path, {size} AS size FROM datasets{where}",
+                                args).fetchall()
+            has_removed = conn.execute("SELECT 1 FROM sqlite_master WHERE name='removed_datasets'").fetchone()
+            removed_rows = conn.execute(
+                "SELECT r.dataset_type, COUNT(*) AS n, SUM(r.size) AS b FROM removed_datasets r WHERE NOT EXISTS "
+                "(SELECT 1 FROM datasets d WHERE d.dataset_type=r.dataset_type AND d.run=r.run AND "
+                f"d.data_id=r.data_id){where.replace(' WHERE run', ' AND r.run')} GROUP BY r.dataset_type",
+                args).fetchall() if has_removed else []
+        types: dict[str, dict] = {}
+        visits: dict[int, int] = {}
+        per_type_visits: dict[str, set] = {}
+        for r in rows:
+            n = r["size"]
+            if n is None:  # registered by an older version: the file's size now
+                try:
+                    n = (self.root / r["path"]).stat().st_size
+                except OSError:
+                    n = 0
+            t = types.setdefault(r["dataset_type"], {"files": 0, "bytes": 0, "visits": 0, "bytes_per_visit": None})
+            t["files"] += 1
+            t["bytes"] += n
+            if r["visit"] is not None:
+                visits[r["visit"]] = visits.get(r["visit"], 0) + n
+                per_type_visits.setdefault(r["dataset_type"], set()).add(r["visit"])
+        for name, vs in per_type_visits.items():
+            types[name]["visits"] = len(vs)
+            types[name]["bytes_per_visit"] = types[name]["bytes"] / len(vs)
+        return {"total_bytes": sum(t["bytes"] for t in types.values()), "files": len(rows),
+                "types": dict(sorted(types.items(), key=lambda kv: -kv[1]["bytes"])),
+                "visits": dict(sorted(visits.items())),
+                "removed": {r["dataset_type"]: {"files": r["n"], "bytes": r["b"] or 0} for r in removed_rows}}
+
+    def remove_datasets(self, refs: list[DatasetRef], reason: str = "") -> int:
+        """Delete datasets (intermediate products nothing needs any more): their registry rows go and are
+        recorded in ``removed_datasets``, and their files are deleted, in one transaction (committed after the
+        files are gone: a crash in between leaves rows without files, which :meth:`check` removes, and the jobs
+        that made them are done again). Returns the bytes freed."""
+        if not refs:
+            return 0
+        now = _now()
+        freed = 0
+        with self.connect() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS removed_datasets (dataset_type TEXT NOT NULL, run TEXT NOT "
+                         "NULL, data_id TEXT NOT NULL, visit INTEGER, path TEXT NOT NULL, size INTEGER, removed "
+                         "TEXT NOT NULL, reason TEXT, PRIMARY KEY (dataset_type, run, data_id))")
+            for ref in refs:
+                row = conn.execute("SELECT id, path, size FROM datasets WHERE dataset_type=? AND run=? AND data_id=?",
+                                   (ref.dataset_type, ref.run, data_id_key(ref.data_id))).fetchone()
+                if row is None or row["path"] != ref.path:
+                    continue  # not registered (any more), or re-made elsewhere: leave it
+                conn.execute("DELETE FROM datasets WHERE id=?", (row["id"],))
+                conn.execute("INSERT OR REPLACE INTO removed_datasets(dataset_type, run, data_id, visit, path, size, "
+                             "removed, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (ref.dataset_type, ref.run, data_id_key(ref.data_id), ref.data_id.get("visit"),
+                              ref.path, row["size"], now, reason))
+                freed += row["size"] or 0
+            for ref in refs:
+                (self.root / ref.path).unlink(missing_ok=True)
+        return freed
+
+    def removed_keys(self, run: str) -> dict[tuple[str, str], str]:
+        """{(dataset type, data ID key): path} of the datasets of ``run`` removed by :meth:`remove_datasets` (and
+        not registered again since)."""
+        with self.read_only() as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name='removed_datasets'").fetchone() is None:
+                return {}
+            rows = conn.execute("SELECT r.dataset_type, r.data_id, r.path FROM removed_datasets r WHERE r.run=? AND "
+                                "NOT EXISTS (SELECT 1 FROM datasets d WHERE d.dataset_type=r.dataset_type AND "
+                                "d.run=r.run AND d.data_id=r.data_id)", (run,)).fetchall()
+        return {(r["dataset_type"], r["data_id"]): r["path"] for r in rows}
 
     # ------------------------------------------------------------------ consistency
     def check(self, fix: bool = False, keep_runs: tuple[str, ...] = (RAW_RUN, TRUTH_RUN)) -> dict:

@@ -150,7 +150,9 @@ def read_opsim(path: str | Path, field_ra_deg: float, field_dec_deg: float, radi
 
     Reads the ``observations`` table (OpSim v4 and later, angles in degrees); mid-exposure MJD is
     ``observationStartMJD + visitExposureTime / 2``. Raises :class:`SimulationInputError` on an unreadable file,
-    a missing table or column, or no matching visits.
+    a missing table or column, or no matching visits. The table's ``meta["left_out"]`` counts the file's visits
+    that were not kept, by reason: ``off_field`` (boresight farther than ``radius_deg``), ``band`` (not in
+    ``bands``), ``filter`` (not one of ugrizy), ``n_visits`` (beyond the first ``n_visits`` in time order).
     """
     path = Path(path)
     if not path.is_file():
@@ -178,26 +180,31 @@ def read_opsim(path: str | Path, field_ra_deg: float, field_dec_deg: float, radi
                "ORDER BY observationStartMJD, observationId")
         try:
             rows = conn.execute(sql, (field_dec_deg - ddec, field_dec_deg + ddec)).fetchall()
+            n_total = int(conn.execute("SELECT COUNT(*) FROM observations").fetchone()[0])
         except sqlite3.DatabaseError as exc:
             raise SimulationInputError(f"OpSim file {path}: cannot read observations ({exc})") from None
     finally:
         conn.close()
     out = []
+    left_out = {"off_field": n_total - len(rows), "filter": 0, "band": 0, "n_visits": 0}
     for (obs_id, ra, dec, start, band, exptime, seeing, airmass, sky, m5, rot) in rows:
+        if abs(((ra - field_ra_deg + 180) % 360) - 180) > dra + 1e-9 or \
+                angular_separation_deg(ra, dec, field_ra_deg, field_dec_deg) > radius_deg:
+            left_out["off_field"] += 1
+            continue
         if band not in "ugrizy" or not band:
+            left_out["filter"] += 1
             continue
         if bands and band not in bands:
+            left_out["band"] += 1
             continue
-        if abs(((ra - field_ra_deg + 180) % 360) - 180) > dra + 1e-9:
-            continue
-        if angular_separation_deg(ra, dec, field_ra_deg, field_dec_deg) > radius_deg:
+        if n_visits and len(out) >= n_visits:
+            left_out["n_visits"] += 1
             continue
         out.append(dict(visit=int(obs_id), band=band, mjd=float(start) + float(exptime) / 2 / 86400.0,
                         exptime=float(exptime), airmass=float(airmass), seeingFwhmEff=float(seeing),
                         skyBrightness=float(sky), fiveSigmaDepth=float(m5), rotSkyPos=float(rot),
                         fieldRA=float(ra), fieldDec=float(dec)))
-        if n_visits and len(out) >= n_visits:
-            break
     if not out:
         raise SimulationInputError(f"OpSim file {path}: no visits within {radius_deg} deg of the field "
                                    f"(RA {field_ra_deg}, Dec {field_dec_deg})"
@@ -205,4 +212,6 @@ def read_opsim(path: str | Path, field_ra_deg: float, field_dec_deg: float, radi
     visits = [r["visit"] for r in out]
     if len(set(visits)) != len(visits):
         raise SimulationInputError(f"OpSim file {path}: duplicate observationId values")
-    return _as_table(out)
+    table = _as_table(out)
+    table.meta["left_out"] = left_out
+    return table

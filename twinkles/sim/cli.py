@@ -9,7 +9,7 @@ __all__ = ["register", "cmd_simulate"]
 
 def _parse_set(items: list[str] | None) -> dict:
     import yaml
-    from ..cli import UserError
+    from ..errors import UserError
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -23,7 +23,7 @@ def _parse_set(items: list[str] | None) -> dict:
 
 
 def cmd_simulate(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from . import SimulationInputError
     from .presets import PRESETS
     from .simulate import simulate_field
@@ -45,7 +45,7 @@ def cmd_simulate(args) -> int:
     try:
         repo = simulate_field(args.repo, preset=args.preset, seed=args.seed, opsim=args.opsim,
                               n_visits=args.visits, bands=args.bands, progress=None if args.quiet else progress,
-                              **overrides)
+                              echo=print, **overrides)
     except SimulationInputError as exc:
         raise UserError(str(exc)) from None
     n = len(repo.query("eimage"))
@@ -62,7 +62,7 @@ def register(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical pixels)")
     s.add_argument("--opsim", help="take the visits from this OpSim database (its 'observations' table)")
     s.add_argument("--visits", type=int, help="number of visits (default: the preset's)")
-    s.add_argument("--bands", help="bands to observe, e.g. gri (default: the preset's)")
+    s.add_argument("--bands", help="bands to observe, e.g. gri (default: the preset's; with --opsim, the file's)")
     s.add_argument("--size", type=int, help="detector size in pixels (square)")
     s.add_argument("--no-cosmic-rays", action="store_true", help="do not add cosmic rays")
     s.add_argument("--no-saturated-stars", action="store_true", help="do not plant saturated stars")

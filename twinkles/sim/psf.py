@@ -15,7 +15,11 @@ with L = ``psf_variation_scale_px`` (half a 4k sensor by default, so the variati
 
 The PSF is tabulated on a ``psf_grid`` x ``psf_grid`` grid of zone centres and bilinearly interpolated in between
 (exactly what :class:`twinkles.psf.ImageGridPSF` does), so :func:`true_psf` is the PSF the renderer used, to
-the precision of the interpolation of sub-pixel shifts. Stamps are ``psf_stamp_px`` wide and normalised to 1.
+the precision of the interpolation of sub-pixel shifts. Stamps are ``psf_stamp_px`` wide; the model stamps
+(:attr:`PsfGrid.native`, :func:`true_psf`) are normalised to 1, while the renderer puts into the image only the
+part of a point source's flux that falls inside the stamp (:attr:`PsfGrid.flux_fraction`, ~0.997 for a 61-pixel
+stamp: the Kolmogorov wing beyond 6" is dropped, not folded inside). The truth's fluxes and zero points are
+totals, as a star's flux is; a measurement that extrapolates the wing to infinity recovers them.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class PsfGrid:
     stamp: int
     galaxy_kernels: np.ndarray | None = None  # (ky, kx, stamp, stamp): PSF without pixel and galaxy core
     core_sigma_px: float = 0.0
+    flux_fraction: np.ndarray | None = None  # (ky, kx): the PSF's flux inside the stamp (1 if not given)
 
     @property
     def native(self) -> np.ndarray:
@@ -131,11 +136,17 @@ def psf_grid(visit_row: dict, repo_config: dict, galaxy_core_sigma_px: float = 0
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     fine = np.empty((k, k, nfine, nfine))
     pixel = galsim.Pixel(scale)
+    # drawn on a canvas 3x the stamp and cut out: GalSim's FFT box is only as large as the image asks for, so a
+    # stamp-sized drawing folds the wing beyond the stamp back inside it (~0.2% of the flux at 6")
+    big = 3 * nfine
+    lo = (big - nfine) // 2
     for j, y in enumerate(ys):
         for i, x in enumerate(xs):
             prof = galsim.Convolve(psf_profile(visit_row, (x - cx) / length, (y - cy) / length), pixel)
-            img = prof.drawImage(nx=nfine, ny=nfine, scale=scale / n, method="no_pixel")
-            fine[j, i] = img.array
+            img = prof.drawImage(nx=big, ny=big, scale=scale / n, method="no_pixel")
+            fine[j, i] = img.array[lo:lo + nfine, lo:lo + nfine]
+    # the fraction of the flux inside the stamp (the fine samples are surface brightness x fine-pixel area)
+    flux_fraction = np.clip(fine.sum(axis=(2, 3)), 0.0, 1.0)
     # kernels for pixel-integrated galaxy scenes: the PSF *without* the pixel (the scene already integrates over
     # pixels) and without the galaxy core, sampled at pixel centres
     gk = np.empty((k, k, stamp, stamp))
@@ -144,7 +155,7 @@ def psf_grid(visit_row: dict, repo_config: dict, galaxy_core_sigma_px: float = 0
             prof = psf_profile(visit_row, (x - cx) / length, (y - cy) / length, galaxy_core_sigma_px * scale)
             arr = prof.drawImage(nx=stamp, ny=stamp, scale=scale, method="no_pixel").array
             gk[j, i] = arr / arr.sum()
-    return PsfGrid(xs, ys, fine, n, stamp, gk, float(galaxy_core_sigma_px))
+    return PsfGrid(xs, ys, fine, n, stamp, gk, float(galaxy_core_sigma_px), flux_fraction)
 
 
 def true_psf(visit_row: dict, repo_config: dict) -> ImageGridPSF:

@@ -304,14 +304,30 @@ def _setup(preset, seed, opsim, n_visits, bands, overrides):
     seed = int(seed)
     rng_cad, rng_sky = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)[:2])
     if opsim is not None:
+        # the bands the file has, unless the caller chose some (a reloaded simulation records its bands)
+        chosen = cfg["bands"] if "bands" in overrides else None
         cadence = read_opsim(opsim, cfg["field_ra_deg"], cfg["field_dec_deg"],
-                             radius_deg=float(cfg["opsim_radius_deg"]), bands=cfg["bands"],
+                             radius_deg=float(cfg["opsim_radius_deg"]), bands=chosen,
                              n_visits=cfg["n_visits"] if n_visits is not None else None)
+        if chosen is None:
+            present = set(cadence["band"])
+            cfg["bands"] = "".join(b for b in "ugrizy" if b in present)
     else:
         cadence = generate_cadence(cfg, rng_cad)
     sky = make_sky_model(cfg, cadence, rng_sky)
     rows = plan_visits(cfg, cadence, seed)
     return cfg, cadence, sky, rows
+
+
+def opsim_selection_summary(opsim, cadence: Table, cfg: dict) -> str:
+    """One line: how many visits of an OpSim file are simulated, in which bands, and how many were left out, why."""
+    left = cadence.meta.get("left_out", {})
+    reasons = {"off_field": f"boresight more than {float(cfg['opsim_radius_deg']):g} deg from the field",
+               "band": f"band not in --bands {cfg['bands']}", "filter": "filter not one of ugrizy",
+               "n_visits": f"beyond the first {cfg['n_visits']} (--visits)"}
+    parts = [f"{left[k]} {why}" for k, why in reasons.items() if left.get(k)]
+    kept = f"OpSim {opsim}: {len(cadence)} visit(s) in bands {cfg['bands']} kept"
+    return kept + (f"; {sum(left.values())} left out: {', '.join(parts)}" if parts else "; none left out")
 
 
 def load_simulation(repo: Repository | str | Path):
@@ -347,13 +363,18 @@ def _check_no_stale_visits(repo_path, visits: set) -> None:
 
 def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, opsim: str | Path | None = None,
                    n_visits: int | None = None, bands: str | None = None,
-                   progress: Callable[[int, int, dict], None] | None = None, **overrides) -> Repository:
+                   progress: Callable[[int, int, dict], None] | None = None,
+                   echo: Callable[[str], None] | None = None, **overrides) -> Repository:
     """Simulate a field into the repository at ``repo_path`` (created if needed) and return it.
 
     ``overrides``: any preset key (see :mod:`twinkles.sim.presets`), e.g. ``size=256, cosmic_rays=False``.
     ``progress(i, n, info)`` is called after each visit with info = {visit, band, seconds, seeing}.
+    ``echo(line)`` is told which visits of an OpSim file were kept and how many were left out, and why.
+    With ``opsim`` and no ``bands``, the bands are those the file has.
     """
     cfg, cadence, sky, rows = _setup(preset, seed, opsim, n_visits, bands, overrides)
+    if opsim is not None and echo is not None:
+        echo(opsim_selection_summary(opsim, cadence, cfg))
     _check_no_stale_visits(repo_path, {r["visit"] for r in rows})
     repo = Repository.create(repo_path, repo_config_for(cfg, seed, opsim, n_visits, overrides))
     artifacts = plan_artifacts(cfg, rows, seed)
@@ -393,6 +414,8 @@ def simulate_field(repo_path: str | Path, preset: str = "tiny", seed: int = 0, o
     lc.sort(["id", "visit"])
     repo.put(lc, "truth_lightcurves", {}, run=TRUTH_RUN)
     vt = Table(rows=[[r[c] for c in _VISIT_COLUMNS] for r in visit_rows], names=_VISIT_COLUMNS)
+    for name, unit in _VISIT_UNITS.items():  # as in Rubin's DP1 schema where it has the column
+        vt[name].unit = unit
     repo.put(vt, "visit_table", {}, run=TRUTH_RUN)
     repo.put(artifacts, "truth_artifacts", {}, run=TRUTH_RUN)
     return repo
@@ -403,3 +426,5 @@ _VISIT_COLUMNS = ("visit", "band", "midpointMjdTai", "expTime", "airmass", "seei
                   "boresightRa", "boresightDec", "rotSkyPos", "trueCrval1", "trueCrval2", "trueRotation",
                   "wcsOffsetRa", "wcsOffsetDec", "wcsRotOffset", "skyGradX", "skyGradY", *PSF_COLUMNS,
                   "nCosmicRays", "nSaturatedPixels")
+_VISIT_UNITS = {"midpointMjdTai": "d", "expTime": "s", "seeing": "arcsec", "seeingReported": "arcsec",
+                "boresightRa": "deg", "boresightDec": "deg", "rotSkyPos": "deg"}

@@ -24,27 +24,31 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.table import Table
 
-from ..algorithms.astrometry import AstrometryError, fit_astrometry
-from ..algorithms.background import BackgroundResult, estimate_background, grow_mask, move_residual_background
+from ..algorithms.astrometry import AstrometryError, AstrometryResult, fit_astrometry
+from ..algorithms.background import (BackgroundResult, NoUsablePixelsError, estimate_background,
+                                     fit_background_model, grow_mask,
+                                     move_residual_background)
 from ..algorithms.cosmic_rays import find_cosmic_rays
-from ..algorithms.detection import detect_sources, saturation_mask
+from ..algorithms.detection import DetectionResult, binned_footprints, detect_sources, saturation_mask
+from ..algorithms.masks import set_border_planes, set_mask_planes
 from ..algorithms.photocal import (PhotoCalError, aperture_correction, fit_zero_point, reference_magnitudes,
                                    REFERENCE_BAND)
-from ..algorithms.pixel_kernels import bin2x2, bin2x2_any, usable_pixels
+from ..algorithms.pixel_kernels import usable_pixels
 from ..algorithms.psf_model import PsfFitError, fit_piff_psf, fit_pixel_psf, select_psf_stars
-from ..image import Exposure, PhotoCalib, mask_bit, wcs_is_celestial
+from ..image import Exposure, PhotoCalib, mask_bit, pixel_scale_arcsec, wcs_is_celestial
 from ..measure import (MeasurementConfig, PsfStamps, apply_calibration, extendedness, measure_sources,
                        moments_to_fwhm)
 from ..measure.flags import mask_test
+from ..measure.moments import moments_from_stamps
 from ..measure.photometry import deblended_aperture_fluxes
 from ..psf import SIGMA_TO_FWHM, GaussianPSF
 from . import ProcessingError
+from .timing import StepTimer
 
 __all__ = ["Config", "BackgroundConfig", "DetectionConfig", "PsfConfig", "AstrometryConfig", "PhotoCalConfig",
            "QUANTUM", "INPUTS", "OUTPUTS", "Result", "run", "run_quantum", "source_id"]
@@ -123,6 +127,7 @@ class PhotoCalConfig:
     colour_term: float = 0.0  # colour term used when not fitted (mag per mag of reference colour)
     clip_nsigma: float = 3.0
     max_rms_mag: float = 0.2  # a zero-point scatter worse than this is refused
+    psf_stars_only: bool = True  # calibrate with the PSF stars (all matched stars if fewer than min_stars)
 
 
 @dataclass
@@ -144,9 +149,27 @@ class Result:
     timings: dict = field(default_factory=dict)  # seconds per step (wall) and "cpu_s"; not written
 
 
+#: source IDs: (visit * 1000 + detector) * 10^6 + index
+MAX_DETECTORS = 1000
+MAX_SOURCES = 1_000_000
+MAX_VISIT = (np.iinfo(np.int64).max - (MAX_DETECTORS * MAX_SOURCES - 1)) // (MAX_DETECTORS * MAX_SOURCES)
+
+
 def source_id(visit: int, detector: int, index) -> np.ndarray:
-    """Unique source IDs: (visit * 1000 + detector) * 10^6 + index (index < 10^6)."""
-    return (np.int64(visit) * 1000 + np.int64(detector)) * 1_000_000 + np.asarray(index, np.int64)
+    """Unique source IDs: (visit * 1000 + detector) * 10^6 + index, as int64.
+
+    Raises ValueError when a number does not fit its digits (detector >= 1000, index >= 10^6, or a visit so large
+    that the ID overflows int64): IDs would otherwise collide silently.
+    """
+    index = np.asarray(index, np.int64)
+    if not 0 <= int(detector) < MAX_DETECTORS:
+        raise ValueError(f"source IDs: detector {detector} outside 0..{MAX_DETECTORS - 1}")
+    if not 0 <= int(visit) <= MAX_VISIT:
+        raise ValueError(f"source IDs: visit {visit} outside 0..{MAX_VISIT} (the ID would overflow int64)")
+    if index.size and (index.min() < 0 or index.max() >= MAX_SOURCES):
+        raise ValueError(f"source IDs: source index {int(index.max())} outside 0..{MAX_SOURCES - 1} (at most "
+                         f"{MAX_SOURCES} sources per detector and visit)")
+    return (np.int64(visit) * MAX_DETECTORS + np.int64(detector)) * MAX_SOURCES + index
 
 
 def _meta_value(exposure: Exposure, names, default):
@@ -161,71 +184,74 @@ def _meta_value(exposure: Exposure, names, default):
     return default
 
 
-def _binned_footprints(image, variance, bad, sigma_px: float, threshold: float) -> np.ndarray:
-    """Pixels of the sources detected on the 2x2-binned image (sums of image and variance), at full resolution."""
-    ny, nx = image.shape
-    ey, ex = ny - ny % 2, nx - nx % 2
-    det = detect_sources(bin2x2(image), bin2x2(variance), sigma_px / 2.0, threshold,
-                         ignore=bin2x2_any(np.ascontiguousarray(bad)), grow_sigma=0.0, find_peaks=False)
-    full = np.zeros((ny, nx), bool)
-    full[:ey, :ex] = np.repeat(np.repeat(det.detected, 2, axis=0), 2, axis=1)
-    return full
-
-
-def _set_bits(mask: np.ndarray, where: np.ndarray, *planes: str) -> None:
-    """OR the planes' bits into ``mask`` where ``where`` is True, in place (no gather/scatter copies)."""
-    np.bitwise_or(mask, np.int32(mask_bit(*planes)), out=mask, where=where)
-
-
 def _column(table: Table, name: str):
     return np.asarray(table[name], float) if name in table.colnames else None
 
 
-def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_id: dict | None = None,
-        reuse_planes: bool = False) -> Result:
-    """Process one e-image (electrons, with sky) into a calexp, its background, a Source table and metadata.
+# ------------------------------------------------------------------------------------------- the steps
+# Each step is one DM sub-task: it takes what earlier steps made, returns its product, and raises
+# ProcessingError naming the visit and what to do. The planes of ``Frame`` are modified in place (4k x 4k
+# float32 planes are not copied from step to step).
+@dataclass
+class Frame:
+    """The exposure being processed: its planes (modified in place by the steps) and its constants."""
 
-    With ``reuse_planes`` the eimage's image, mask and variance arrays become the calexp's and are modified in
-    place (for a caller that read the eimage for this call only: three 4k x 4k copies fewer); by default the
-    exposure is left as it was.
-    """
-    config = config or Config()
-    t_start = time.process_time()
-    t_wall = time.perf_counter()
-    timings: dict[str, float] = {}
-    info = exposure.visit_info
-    visit = int((data_id or {}).get("visit", info.visit if info else -1))
-    detector = int((data_id or {}).get("detector", info.detector if info else 0))
-    where = f"visit {visit} detector {detector}"
+    where: str  # "visit V detector D", for messages
+    image: np.ndarray  # float32, electrons; background-subtracted once subtract_background has run
+    variance: np.ndarray  # float32, electrons^2
+    mask: np.ndarray  # int32 mask planes
+    no_data: np.ndarray  # bool: NO_DATA or BAD pixels
+    saturated: np.ndarray  # bool: SAT pixels (saturated and bleed trails)
+    saturation_e: float  # saturation level, electrons (inf: none)
+    read_noise_e: float
+    sigma0_px: float  # first-guess PSF sigma, pixels
+    pixel_scale_arcsec: float
+    variance_from_image: bool  # the eimage had no variance plane: made from its counts
 
-    def fail(reason: str) -> ProcessingError:
-        return ProcessingError(f"{where}: {reason}")
+    def fail(self, reason: str) -> ProcessingError:
+        return ProcessingError(f"{self.where}: {reason}")
 
-    if info is None:
-        raise fail("the eimage has no visit information (VISIT/BAND/MJD-AVG header keywords); re-ingest it")
-    band = info.band
-    if band not in REFERENCE_BAND:
-        raise fail(f"unknown band {band!r}")
+    @property
+    def unusable(self) -> np.ndarray:
+        """Pixels no sky estimate may use: saturated, no data, bad."""
+        return self.saturated | self.no_data
+
+
+def check_inputs(exposure: Exposure, config: Config, where: str) -> None:
+    """Refuse an eimage the stage cannot process (no visit information, unknown band, no celestial WCS)."""
+    if exposure.visit_info is None:
+        raise ProcessingError(f"{where}: the eimage has no visit information (VISIT/BAND/MJD-AVG header keywords); "
+                              "re-ingest it")
+    if exposure.visit_info.band not in REFERENCE_BAND:
+        raise ProcessingError(f"{where}: unknown band {exposure.visit_info.band!r}")
     if config.psf.algorithm not in ("pixel", "piff"):
-        raise fail(f"psf.algorithm={config.psf.algorithm!r}: use pixel or piff")
+        raise ProcessingError(f"{where}: psf.algorithm={config.psf.algorithm!r}: use pixel or piff")
     if not wcs_is_celestial(exposure.wcs):
-        raise fail("the eimage has no celestial WCS in its header, so it cannot be matched to the reference "
-                   "catalog; ingest it with an approximate WCS (CTYPE/CRVAL/CRPIX/CD)")
+        raise ProcessingError(f"{where}: the eimage has no celestial WCS in its header, so it cannot be matched to "
+                              "the reference catalog; ingest it with an approximate WCS (CTYPE/CRVAL/CRPIX/CD)")
+
+
+def prepare_frame(exposure: Exposure, config: Config, where: str, reuse_planes: bool) -> Frame:
+    """The planes to process (float32, our own unless ``reuse_planes``): a variance plane from the counts where the
+    eimage has none, non-finite pixels masked NO_DATA (and set to 0, their variance to the median), saturated
+    pixels and bleed trails masked SAT."""
     raw = np.asarray(exposure.image, np.float32)
     var_in = np.asarray(exposure.variance, np.float32)
-    gain = _meta_value(exposure, ("gain",), 1.0)
     read_noise = _meta_value(exposure, ("read_noise_e", "read_noise", "readnoise", "rdnoise"), 5.0)
     variance_from_image = False
     flat = var_in[::16, ::16]
     if flat.size and np.all(flat == flat.flat[0]) and np.all(var_in == var_in.flat[0]):
-        # no variance plane (an ingested image): Poisson noise of the counts (sky included) plus read noise
-        var_in = (np.clip(raw, 0, None) / gain + read_noise ** 2).astype(np.float32)
+        # no variance plane (an ingested image): Poisson noise of the counts (electrons, sky included) plus read
+        # noise, in electrons^2
+        var_in = (np.clip(raw, 0, None) + read_noise ** 2).astype(np.float32)
         variance_from_image = True
     finite, n_finite = usable_pixels(np.ascontiguousarray(raw), np.ascontiguousarray(var_in))
     if n_finite == 0:
-        raise fail("every pixel is NaN/infinite or has no positive variance; the eimage is unusable")
+        raise ProcessingError(f"{where}: every pixel is NaN/infinite or has no positive variance; the eimage is "
+                              "unusable")
     if n_finite < 0.05 * finite.size:
-        raise fail(f"only {n_finite / finite.size:.1%} of the pixels are finite; the eimage is unusable")
+        raise ProcessingError(f"{where}: only {n_finite / finite.size:.1%} of the pixels are finite; the eimage is "
+                              "unusable")
     mask = np.asarray(exposure.mask, np.int32) if reuse_planes else np.array(exposure.mask, np.int32)
     all_finite = n_finite == finite.size
     # float32 throughout: no float64 copies of 4k x 4k planes; image is our own (CR pixels are replaced)
@@ -233,165 +259,183 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
         image = raw if reuse_planes else raw.copy()
         variance = var_in if (reuse_planes or variance_from_image) else np.array(var_in, np.float32)
     else:
-        _set_bits(mask, ~finite, "NO_DATA")
+        set_mask_planes(mask, ~finite, "NO_DATA")
         sample = var_in[::4, ::4][finite[::4, ::4]]
         median_var = float(np.median(sample if len(sample) else var_in[finite]))
         image = np.where(finite, raw, np.float32(0.0))
         variance = np.where(finite, var_in, np.float32(median_var))
     no_data = mask_test(mask, mask_bit("NO_DATA", "BAD"), True)
-    pixel_scale = float(np.sqrt(abs(np.linalg.det(exposure.wcs.pixel_scale_matrix))) * 3600.0)
-
+    info = exposure.visit_info
+    pixel_scale = pixel_scale_arcsec(exposure.wcs)
     saturation = config.detection.saturation_e or _meta_value(
         exposure, ("saturation_e", "saturation", "satlevel", "saturate"), np.inf)
     seeing = config.detection.initial_fwhm_arcsec or (info.seeing_arcsec if math.isfinite(info.seeing_arcsec)
                                                       and info.seeing_arcsec > 0 else 0.8)
-    sigma0 = seeing / pixel_scale / SIGMA_TO_FWHM
-
-    timings["setup"] = time.perf_counter() - t_wall
-    # ------------------------------------------------------------------ masks and first background
-    t0 = time.perf_counter()
-    sat = saturation_mask(raw, saturation)
+    sat = saturation_mask(raw, saturation)  # (before the image, perhaps ``raw`` itself, is changed)
     if not all_finite:
         sat &= finite
-    del finite, raw, var_in  # (4k x 4k planes are dropped as soon as they are not needed: peak memory)
-    _set_bits(mask, sat, "SAT")
-    sat_or_no_data = sat | no_data
-    bkg = estimate_background(image, sat_or_no_data, config.background.mesh_px, config.background.filter_size)
-    # from here on the image is background-subtracted in place (``image`` is our own array): the calexp's pixels
-    sub = image
-    sub -= bkg.image
-    del image
-    timings["background1"] = time.perf_counter() - t0
+    set_mask_planes(mask, sat, "SAT")
+    return Frame(where, image, variance, mask, no_data, sat, saturation, read_noise,
+                 seeing / pixel_scale / SIGMA_TO_FWHM, pixel_scale, variance_from_image)
 
-    # ------------------------------------------------------------------ cosmic rays
-    t0 = time.perf_counter()
-    n_cr = 0
-    if config.detection.cosmic_rays:
-        cr = find_cosmic_rays(sub, bkg.image, variance, bad_mask=sat_or_no_data, sigclip=config.detection.cr_sigclip,
-                              objlim=config.detection.cr_objlim, niter=config.detection.cr_niter,
-                              saturation=saturation, read_noise=read_noise, overwrite=True)
-        sub = cr.cleaned  # ``sub`` itself (overwrite)
-        _set_bits(mask, cr.mask, "CR", "INTRP")
-        n_cr = cr.n_pixels
-        del cr
-    timings["cosmic_rays"] = time.perf_counter() - t0
 
-    # ------------------------------------------------------------------ detection, background iteration
-    t0 = time.perf_counter()
-    dcfg = config.detection
+def subtract_background(frame: Frame, config: BackgroundConfig) -> BackgroundResult:
+    """First background (saturated and no-data pixels excluded), subtracted from the frame's image in place."""
+    bkg = estimate_background(frame.image, frame.unusable, config.mesh_px, config.filter_size)
+    frame.image -= bkg.image
+    return bkg
+
+
+def repair_cosmic_rays(frame: Frame, bkg: BackgroundResult, config: DetectionConfig) -> int:
+    """Cosmic rays found (L.A.Cosmic), masked CR and INTRP and interpolated in place; returns their pixel count."""
+    if not config.cosmic_rays:
+        return 0
+    cr = find_cosmic_rays(frame.image, bkg.image, frame.variance, bad_mask=frame.unusable,
+                          sigclip=config.cr_sigclip, objlim=config.cr_objlim, niter=config.cr_niter,
+                          saturation=frame.saturation_e, read_noise=frame.read_noise_e, overwrite=True)
+    frame.image = cr.cleaned  # the frame's image itself (overwrite)
+    set_mask_planes(frame.mask, cr.mask, "CR", "INTRP")
+    return cr.n_pixels
+
+
+def detect(frame: Frame, bkg: BackgroundResult, config: Config) -> tuple[BackgroundResult, DetectionResult]:
+    """Re-estimate the background with the sources masked (DM's SourceDetectionTask does the same), then detect:
+    footprints and peaks (DETECTED), the border where the smoothing kernel runs off the image (EDGE)."""
+    dcfg, bcfg = config.detection, config.background
     # first pass, for the background's source mask only: footprints on the 2x2-binned image (4x cheaper)
-    src_mask = grow_mask(_binned_footprints(sub, variance, no_data, sigma0, dcfg.threshold),
-                         config.background.mask_grow_px)
-    src_mask |= sat_or_no_data
-    del sat_or_no_data
-    # the residual background of the subtracted image with the sources masked, added to the first estimate
-    # (DM's SourceDetectionTask re-estimates the background the same way)
+    src_mask = grow_mask(binned_footprints(frame.image, frame.variance, frame.no_data, frame.sigma0_px,
+                                           dcfg.threshold), bcfg.mask_grow_px)
+    src_mask |= frame.unusable
     try:
-        level, rms = move_residual_background(sub, bkg.image, src_mask, config.background.mesh_px,
-                                              config.background.filter_size)
+        level, rms = move_residual_background(frame.image, bkg.image, src_mask, bcfg.mesh_px, bcfg.filter_size)
         bkg = BackgroundResult(bkg.image, bkg.level + level, rms)
-    except ValueError:
+    except NoUsablePixelsError:
         pass  # everything is covered by sources: keep the first estimate
     del src_mask
-    det = detect_sources(sub, variance, sigma0, dcfg.threshold, ignore=no_data, min_pixels=dcfg.min_pixels,
-                         min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma, saturated=sat,
-                         wing_contrast=dcfg.wing_contrast, wing_contrast_sigma=dcfg.wing_contrast_sigma)
-    _set_bits(mask, det.detected, "DETECTED")
-    edge_width = int(math.ceil(3.0 * sigma0))
-    if edge_width > 0:  # the EDGE plane (edge_mask's pixels), set strip by strip
-        edge = np.int32(mask_bit("EDGE"))
-        for strip in (mask[:edge_width], mask[-edge_width:], mask[:, :edge_width], mask[:, -edge_width:]):
-            strip |= edge
-    timings["detection"] = time.perf_counter() - t0
-    sources = det.sources
-    if len(sources) == 0:
-        raise fail(f"no sources detected above {dcfg.threshold} sigma; the image may be empty or the variance "
-                   "plane wrong")
+    det = detect_sources(frame.image, frame.variance, frame.sigma0_px, dcfg.threshold, ignore=frame.no_data,
+                         min_pixels=dcfg.min_pixels, min_prominence=dcfg.min_prominence, grow_sigma=dcfg.grow_sigma,
+                         saturated=frame.saturated, wing_contrast=dcfg.wing_contrast,
+                         wing_contrast_sigma=dcfg.wing_contrast_sigma)
+    set_mask_planes(frame.mask, det.detected, "DETECTED")
+    set_border_planes(frame.mask, int(math.ceil(3.0 * frame.sigma0_px)), "EDGE")
+    if len(det.sources) == 0:
+        raise frame.fail(f"no sources detected above {dcfg.threshold} sigma; the image may be empty or the "
+                         "variance plane wrong")
+    return bkg, det
 
-    # ------------------------------------------------------------------ PSF
-    t0 = time.perf_counter()
-    mcfg = config.measurement
-    gauss = GaussianPSF(sigma0 * SIGMA_TO_FWHM)
-    # provisional measurement (Gaussian PSF of the guessed seeing) of the sources bright enough to be PSF stars
-    b_idx = np.nonzero(sources["significance"] >= 0.5 * config.psf.min_snr)[0]
-    first = measure_sources(sub, variance, mask, gauss, sources["x"][b_idx], sources["y"][b_idx], config=mcfg,
-                            psf_stamps=PsfStamps(gauss, sub.shape, n_grid=1))
+
+@dataclass
+class PsfCharacterization:
+    """The PSF model and the stars it was made from (indices into the detected sources)."""
+
+    psf: object  # ImageGridPSF or PiffPSF
+    info: dict  # the fit's order and median chi^2
+    used: np.ndarray  # bool per source: a star the model was fitted to (calib_psf_used)
+    candidates: np.ndarray  # bool per source: selected as a PSF star candidate (calib_psf_candidate)
+    n_candidates: int
+    bright: np.ndarray  # indices of the sources measured with the provisional Gaussian PSF ...
+    bright_x: np.ndarray  # ... and their recentred positions, the start of the final measurement
+    bright_y: np.ndarray
+
+
+def characterize_psf(frame: Frame, det: DetectionResult, config: Config) -> PsfCharacterization:
+    """PSF stars from the size-magnitude locus of a provisional measurement (Gaussian PSF of the guessed seeing),
+    then the PSF model fitted to them (pixel basis, or Piff)."""
+    sources, mcfg, pcfg = det.sources, config.measurement, config.psf
+    gauss = GaussianPSF(frame.sigma0_px * SIGMA_TO_FWHM)
+    # provisional measurement of the sources bright enough to be PSF stars
+    b_idx = np.nonzero(sources["significance"] >= 0.5 * pcfg.min_snr)[0]
+    first = measure_sources(frame.image, frame.variance, frame.mask, gauss, sources["x"][b_idx],
+                            sources["y"][b_idx], config=mcfg, psf_stamps=PsfStamps(gauss, frame.image.shape, n_grid=1))
     with np.errstate(divide="ignore", invalid="ignore"):
         snr1 = np.asarray(first["psfFlux"]) / np.asarray(first["psfFluxErr"])
     usable = (~np.asarray(first["pixelFlags_saturated"]) & ~np.asarray(first["pixelFlags_cr"])
               & ~np.asarray(first["pixelFlags_edge"]) & ~np.asarray(first["pixelFlags_interpolated"])
               & ~np.asarray(first["centroid_flag"]) & ~np.asarray(first["shape_flag"])
               & (sources["n_child"][b_idx] == 0) & ~np.asarray(first["psfFlux_flag"]))
-    pcfg = config.psf
+    first_x, first_y = np.asarray(first["x"]), np.asarray(first["y"])
     selection = select_psf_stars(snr1, first["ixx"], first["iyy"], first["ixy"], usable, min_snr=pcfg.min_snr,
-                                 max_stars=pcfg.max_stars, x=np.asarray(first["x"]), y=np.asarray(first["y"]))
+                                 max_stars=pcfg.max_stars, x=first_x, y=first_y)
     n_sel = int(selection.selected.sum())
     if n_sel < pcfg.min_stars:
-        raise fail(f"{n_sel} usable PSF stars (S/N >= {pcfg.min_snr}, unsaturated, isolated; need >= "
-                   f"{pcfg.min_stars}); the image has no usable stars -- check the exposure, or lower "
-                   "--config process_eimage.psf.min_snr")
+        raise frame.fail(f"{n_sel} usable PSF stars (S/N >= {pcfg.min_snr}, unsaturated, isolated; need >= "
+                         f"{pcfg.min_stars}); the image has no usable stars -- check the exposure, or lower "
+                         "--config process_eimage.psf.min_snr")
     psel = np.nonzero(selection.selected)[0]
-    good_pix = mask_test(mask, mask_bit("NO_DATA", "BAD", "SAT", "CR"), False)
+    good_pix = mask_test(frame.mask, mask_bit("NO_DATA", "BAD", "SAT", "CR"), False)
+    own_labels = sources["parent_id"][b_idx[psel]]
     try:
         if pcfg.algorithm == "piff":
             psf, used_sel, psf_info = fit_piff_psf(
-                sub, variance, good_pix, np.asarray(first["x"])[psel], np.asarray(first["y"])[psel],
+                frame.image, frame.variance, good_pix, first_x[psel], first_y[psel],
                 stamp_size=pcfg.piff_model_size + 4, model_size=pcfg.piff_model_size, order=pcfg.order,
                 min_stars=pcfg.min_stars, outlier_nsigma=pcfg.outlier_nsigma,
-                min_stars_per_term=pcfg.min_stars_per_term, footprints=det.footprints,
-                own_labels=sources["parent_id"][b_idx[psel]])
+                min_stars_per_term=pcfg.min_stars_per_term, footprints=det.footprints, own_labels=own_labels)
         else:
             psf, used_sel, psf_info = fit_pixel_psf(
-                sub, variance, good_pix, np.asarray(first["x"])[psel], np.asarray(first["y"])[psel],
+                frame.image, frame.variance, good_pix, first_x[psel], first_y[psel],
                 stamp_size=pcfg.stamp_size, order=pcfg.order, min_stars=pcfg.min_stars,
                 outlier_nsigma=pcfg.outlier_nsigma, n_grid=pcfg.n_grid, footprints=det.footprints,
-                own_labels=sources["parent_id"][b_idx[psel]], min_stars_per_term=pcfg.min_stars_per_term)
+                own_labels=own_labels, min_stars_per_term=pcfg.min_stars_per_term)
     except PsfFitError as exc:
-        raise fail(f"PSF model: {exc}; the image has no usable stars") from None
-    psf_star = np.zeros(len(sources), bool)
-    psf_star[b_idx[psel[used_sel]]] = True
+        raise frame.fail(f"PSF model: {exc}; the image has no usable stars") from None
+    used = np.zeros(len(sources), bool)
+    used[b_idx[psel[used_sel]]] = True
     candidates = np.zeros(len(sources), bool)
     candidates[b_idx[psel]] = True
-    timings["psf"] = time.perf_counter() - t0
+    return PsfCharacterization(psf, psf_info, used, candidates, n_sel, b_idx, first_x, first_y)
 
-    # ------------------------------------------------------------------ measurement with the PSF model
-    t0 = time.perf_counter()
-    stamps = PsfStamps(psf, sub.shape, n_grid=mcfg.psf_grid, model_size=pcfg.stamp_size)
-    x_start, y_start = sources["x"].astype(float), sources["y"].astype(float)
-    x_start[b_idx], y_start[b_idx] = np.asarray(first["x"]), np.asarray(first["y"])
-    src = measure_sources(sub, variance, mask, psf, x_start, y_start, background=bkg.image, config=mcfg,
-                          psf_stamps=stamps)
-    timings["measurement"] = time.perf_counter() - t0
 
-    # ------------------------------------------------------------------ aperture correction
-    t0 = time.perf_counter()
-    ps_idx = np.nonzero(psf_star)[0]
-    annulus = (pcfg.apcorr_r2_px + 2.0, pcfg.apcorr_r2_px + 12.0) if pcfg.apcorr_local_background else None
-    big = deblended_aperture_fluxes(sub, variance, det.footprints, sources["parent_id"][ps_idx], stamps,
-                                    np.asarray(src["x"])[ps_idx], np.asarray(src["y"])[ps_idx],
-                                    np.asarray(src["psfFlux"])[ps_idx], (pcfg.apcorr_r1_px, pcfg.apcorr_r2_px),
-                                    grow_px=pcfg.apcorr_mask_grow_px, annulus=annulus)
+def measure(frame: Frame, det: DetectionResult, psf: PsfCharacterization, bkg: BackgroundResult,
+            config: Config) -> tuple[Table, PsfStamps]:
+    """Every source measured with the PSF model (:mod:`twinkles.measure`), in electrons; and the PSF stamps."""
+    stamps = PsfStamps(psf.psf, frame.image.shape, n_grid=config.measurement.psf_grid,
+                       model_size=config.psf.stamp_size)
+    x_start, y_start = det.sources["x"].astype(float), det.sources["y"].astype(float)
+    x_start[psf.bright], y_start[psf.bright] = psf.bright_x, psf.bright_y
+    src = measure_sources(frame.image, frame.variance, frame.mask, psf.psf, x_start, y_start, background=bkg.image,
+                          config=config.measurement, psf_stamps=stamps)
+    return src, stamps
+
+
+def correct_apertures(frame: Frame, det: DetectionResult, psf: PsfCharacterization, src: Table,
+                      stamps: PsfStamps, config: PsfConfig):
+    """The aperture correction (PSF flux -> total flux) from the PSF stars' curves of growth, applied to the PSF
+    fluxes of ``src`` in place; returns it."""
+    ps_idx = np.nonzero(psf.used)[0]
+    annulus = (config.apcorr_r2_px + 2.0, config.apcorr_r2_px + 12.0) if config.apcorr_local_background else None
+    big = deblended_aperture_fluxes(frame.image, frame.variance, det.footprints, det.sources["parent_id"][ps_idx],
+                                    stamps, np.asarray(src["x"])[ps_idx], np.asarray(src["y"])[ps_idx],
+                                    np.asarray(src["psfFlux"])[ps_idx], (config.apcorr_r1_px, config.apcorr_r2_px),
+                                    grow_px=config.apcorr_mask_grow_px, annulus=annulus)
     try:
-        apcorr = aperture_correction(np.asarray(src["psfFlux"])[psf_star], big[pcfg.apcorr_r1_px][0],
-                                     big[pcfg.apcorr_r2_px][0], pcfg.apcorr_r1_px, pcfg.apcorr_r2_px,
-                                     ap_flux_r2_err=big[pcfg.apcorr_r2_px][1], extrapolate=pcfg.apcorr_extrapolate,
-                                     local_background=big.get("annulus"), annulus=annulus,
-                                     estimator=pcfg.apcorr_estimator,
-                                     fwhm_px=float(psf.fwhm()) if pcfg.apcorr_tail == "kolmogorov" else None)
+        apcorr = aperture_correction(np.asarray(src["psfFlux"])[psf.used], big[config.apcorr_r1_px][0],
+                                     big[config.apcorr_r2_px][0], config.apcorr_r1_px, config.apcorr_r2_px,
+                                     ap_flux_r2_err=big[config.apcorr_r2_px][1],
+                                     extrapolate=config.apcorr_extrapolate, local_background=big.get("annulus"),
+                                     annulus=annulus, estimator=config.apcorr_estimator,
+                                     fwhm_px=float(psf.psf.fwhm()) if config.apcorr_tail == "kolmogorov" else None)
     except PhotoCalError as exc:
-        raise fail(f"aperture correction: {exc}") from None
+        raise frame.fail(f"aperture correction: {exc}") from None
     src["psfFlux"] = np.asarray(src["psfFlux"]) * apcorr.factor
     src["psfFluxErr"] = np.asarray(src["psfFluxErr"]) * apcorr.factor
+    return apcorr
 
-    timings["aperture_correction"] = time.perf_counter() - t0
-    # ------------------------------------------------------------------ astrometry
-    t0 = time.perf_counter()
-    acfg = config.astrometry
+
+def signal_to_noise(src: Table) -> np.ndarray:
+    """psfFlux / psfFluxErr per source (NaN or inf where the error is 0 or not finite)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        snr = np.asarray(src["psfFlux"]) / np.asarray(src["psfFluxErr"])
+        return np.asarray(src["psfFlux"]) / np.asarray(src["psfFluxErr"])
+
+
+def calibrate_astrometry(frame: Frame, src: Table, ref_cat: Table, header_wcs, band: str,
+                         config: AstrometryConfig) -> AstrometryResult:
+    """A TAN-SIP WCS fitted to ``ref_cat`` from the header WCS (clean sources with S/N >= min_snr, brightest
+    first); refused if its RMS exceeds ``max_rms_mas``."""
+    snr = signal_to_noise(src)
     clean = (~np.asarray(src["centroid_flag"]) & ~np.asarray(src["pixelFlags_saturatedCenter"])
              & ~np.asarray(src["pixelFlags_edge"]) & np.isfinite(snr))
-    cand = np.nonzero(clean & (snr >= acfg.min_snr))[0]
+    cand = np.nonzero(clean & (snr >= config.min_snr))[0]
     det_order = cand[np.argsort(-snr[cand])]
     ref_band = REFERENCE_BAND[band]
     ref_flux = np.asarray(ref_cat[f"{ref_band}_flux"], float) if f"{ref_band}_flux" in ref_cat.colnames else \
@@ -400,53 +444,81 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     try:
         astrom = fit_astrometry(np.asarray(src["x"]), np.asarray(src["y"]), det_order,
                                 np.asarray(ref_cat["coord_ra"]), np.asarray(ref_cat["coord_dec"]), ref_order,
-                                exposure.wcs, sub.shape, max_offset_arcsec=acfg.max_offset_arcsec,
-                                max_rotation_deg=acfg.max_rotation_deg, match_radius_px=acfg.match_radius_px,
-                                fit_match_radius_arcsec=acfg.fit_match_radius_arcsec, sip_degree=acfg.sip_degree,
-                                min_matches=acfg.min_matches, n_iter=acfg.n_iter, clip_nsigma=acfg.clip_nsigma,
-                                x_err=np.asarray(src["xErr"]), y_err=np.asarray(src["yErr"]),
-                                ref_ra_err=_column(ref_cat, "coord_raErr"),
+                                header_wcs, frame.image.shape, max_offset_arcsec=config.max_offset_arcsec,
+                                max_rotation_deg=config.max_rotation_deg, match_radius_px=config.match_radius_px,
+                                fit_match_radius_arcsec=config.fit_match_radius_arcsec,
+                                sip_degree=config.sip_degree, min_matches=config.min_matches, n_iter=config.n_iter,
+                                clip_nsigma=config.clip_nsigma, x_err=np.asarray(src["xErr"]),
+                                y_err=np.asarray(src["yErr"]), ref_ra_err=_column(ref_cat, "coord_raErr"),
                                 ref_dec_err=_column(ref_cat, "coord_decErr"))
     except AstrometryError as exc:
-        raise fail(f"astrometry: {exc}") from None
-    if not astrom.rms_mas <= acfg.max_rms_mas:
-        raise fail(f"astrometry: fit RMS {astrom.rms_mas:.0f} mas over {astrom.n_matches} matches exceeds "
-                   f"astrometry.max_rms_mas={acfg.max_rms_mas}; refusing to write a wrong WCS")
-    ra, dec = astrom.wcs.all_pix2world(np.asarray(src["x"]), np.asarray(src["y"]), 0)
-    timings["astrometry"] = time.perf_counter() - t0
+        raise frame.fail(f"astrometry: {exc}") from None
+    if not astrom.rms_mas <= config.max_rms_mas:
+        raise frame.fail(f"astrometry: fit RMS {astrom.rms_mas:.0f} mas over {astrom.n_matches} matches exceeds "
+                         f"astrometry.max_rms_mas={config.max_rms_mas}; refusing to write a wrong WCS")
+    return astrom
 
-    # ------------------------------------------------------------------ photometric calibration
-    t0 = time.perf_counter()
-    ccfg = config.photocal
-    ref_mag, ref_mag_err, colour = reference_magnitudes(ref_cat, band, ccfg.colour_transform)
+
+@dataclass
+class PhotometricCalibration:
+    zero_point: float  # AB magnitude of one electron
+    zero_point_err: float  # includes the aperture correction's error
+    photo_calib: PhotoCalib
+    colour_term: float
+    n_stars: int
+    rms_mag: float
+    used: np.ndarray  # indices of the sources the zero point was fitted to (calib_photometry_used)
+
+
+def calibrate_photometry(frame: Frame, src: Table, det: DetectionResult, astrom: AstrometryResult, ref_cat: Table,
+                         band: str, apcorr, psf_used: np.ndarray, config: PhotoCalConfig) -> PhotometricCalibration:
+    """The zero point from the clean, unblended astrometric matches with S/N >= min_snr (only the PSF stars among
+    them with ``psf_stars_only``, ``psf_used`` a bool per source); refused if its scatter exceeds ``max_rms_mag``."""
+    snr = signal_to_noise(src)
+    ref_mag, ref_mag_err, colour = reference_magnitudes(ref_cat, band, config.colour_transform)
     di, ri = astrom.det_index, astrom.ref_index
-    pc_ok = (~np.asarray(src["pixelFlags_saturated"])[di] & ~np.asarray(src["pixelFlags_cr"])[di]
-             & (sources["n_child"][di] == 0) & ~np.asarray(src["psfFlux_flag"])[di] & (snr[di] >= ccfg.min_snr))
-    di, ri = di[pc_ok], ri[pc_ok]
+    ok = (~np.asarray(src["pixelFlags_saturated"])[di] & ~np.asarray(src["pixelFlags_cr"])[di]
+          & (det.sources["n_child"][di] == 0) & ~np.asarray(src["psfFlux_flag"])[di] & (snr[di] >= config.min_snr))
+    if config.psf_stars_only and (ok & psf_used[di]).sum() >= config.min_stars:
+        # stars whose profile passed the PSF fit: an unresolved neighbour brightens a star by 1-4% and biased the
+        # zero point by ~2 mmag when every matched star was used (the reference fluxes are the stars' own)
+        ok &= psf_used[di]
+    di, ri = di[ok], ri[ok]
     try:
         pcal = fit_zero_point(np.asarray(src["psfFlux"])[di], np.asarray(src["psfFluxErr"])[di], ref_mag[ri],
-                              ref_mag_err[ri], colour[ri], colour_term=ccfg.colour_term,
-                              fit_colour_term=ccfg.fit_colour_term and REFERENCE_BAND[band] != band,
-                              min_stars=ccfg.min_stars, clip_nsigma=ccfg.clip_nsigma)
+                              ref_mag_err[ri], colour[ri], colour_term=config.colour_term,
+                              fit_colour_term=config.fit_colour_term and REFERENCE_BAND[band] != band,
+                              min_stars=config.min_stars, clip_nsigma=config.clip_nsigma)
     except PhotoCalError as exc:
-        raise fail(f"photometric calibration: {exc} among {len(astrom.det_index)} astrometric matches") from None
-    if not pcal.rms_mag <= ccfg.max_rms_mag:
-        raise fail(f"photometric calibration: zero-point scatter {pcal.rms_mag:.3f} mag over {pcal.n_stars} stars "
-                   f"exceeds photocal.max_rms_mag={ccfg.max_rms_mag}; refusing to write a wrong zero point")
+        raise frame.fail(f"photometric calibration: {exc} among {len(astrom.det_index)} astrometric matches") \
+            from None
+    if not pcal.rms_mag <= config.max_rms_mag:
+        raise frame.fail(f"photometric calibration: zero-point scatter {pcal.rms_mag:.3f} mag over {pcal.n_stars} "
+                         f"stars exceeds photocal.max_rms_mag={config.max_rms_mag}; refusing to write a wrong zero "
+                         "point")
     # the zero point's error includes the aperture correction's (it scales every calibrated flux)
     zp_err = math.hypot(pcal.zero_point_err, 2.5 / math.log(10) * apcorr.factor_err / apcorr.factor)
-    photo_calib = PhotoCalib.from_zero_point(pcal.zero_point, zp_err)
-    timings["photocal"] = time.perf_counter() - t0
+    return PhotometricCalibration(pcal.zero_point, zp_err, PhotoCalib.from_zero_point(pcal.zero_point, zp_err),
+                                  pcal.colour_term, pcal.n_stars, pcal.rms_mag, di[pcal.used])
 
-    # ------------------------------------------------------------------ the Source table
-    t0 = time.perf_counter()
+
+def source_table(frame: Frame, src: Table, det: DetectionResult, psf: PsfCharacterization,
+                 astrom: AstrometryResult, photocal: PhotometricCalibration, apcorr, visit: int, detector: int,
+                 band: str, config: MeasurementConfig) -> Table:
+    """The Source catalog (Rubin SDM columns), fluxes in nJy."""
     n = len(src)
+    try:
+        ids = source_id(visit, detector, np.arange(n))
+    except ValueError as exc:
+        raise frame.fail(f"{exc}; raise detection.threshold") from None
+    ra, dec = astrom.wcs.all_pix2world(np.asarray(src["x"]), np.asarray(src["y"]), 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        c6 = np.nanmedian(np.asarray(src["psfFlux"])[psf_star] / np.asarray(src["apFlux_6_0"])[psf_star])
+        c6 = np.nanmedian(np.asarray(src["psfFlux"])[psf.used] / np.asarray(src["apFlux_6_0"])[psf.used])
     ext = extendedness(src["psfFlux"], src["psfFluxErr"], np.asarray(src["apFlux_6_0"]) * c6,
-                       np.asarray(src["apFlux_6_0Err"]) * c6, mcfg.extendedness_ratio, mcfg.extendedness_nsigma)
+                       np.asarray(src["apFlux_6_0Err"]) * c6, config.extendedness_ratio, config.extendedness_nsigma)
+    sources = det.sources
     out = Table()
-    out["sourceId"] = source_id(visit, detector, np.arange(n))
+    out["sourceId"] = ids
     out["visit"] = np.full(n, visit, np.int64)
     out["detector"] = np.full(n, detector, np.int32)
     out["band"] = np.full(n, band)
@@ -454,60 +526,107 @@ def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_i
     out["ra"].unit = out["dec"].unit = "deg"
     for c in src.colnames:
         out[c] = src[c]
-    out["snr"] = snr
+    out["snr"] = signal_to_noise(src)
     out["extendedness"] = ext
     out["footprintId"] = sources["parent_id"].astype(np.int64)  # detection footprint (shared by blends)
     out["deblend_nChild"] = sources["n_child"].astype(np.int32)
     out["blended"] = sources["n_child"] > 0
     out["detect_significance"] = sources["significance"]
-    out["calib_psf_candidate"] = candidates
-    out["calib_psf_used"] = psf_star
+    out["calib_psf_candidate"] = psf.candidates
+    out["calib_psf_used"] = psf.used
     astrom_used = np.zeros(n, bool)
     astrom_used[astrom.det_index] = True
     out["calib_astrometry_used"] = astrom_used
     photo_used = np.zeros(n, bool)
-    photo_used[di[pcal.used]] = True
+    photo_used[photocal.used] = True
     out["calib_photometry_used"] = photo_used
-    apply_calibration(out, photo_calib.njy_per_electron)
+    apply_calibration(out, photocal.photo_calib.njy_per_electron)
     for c in ("x", "y", "xErr", "yErr"):
         out[c].unit = "pix"
     for c in ("ixx", "iyy", "ixy", "ixxPSF", "iyyPSF", "ixyPSF"):
         out[c].unit = "pix2"
-    out["sky"].unit = "electron/pix"  # the subtracted background at the source (calexp_background)
-    out.meta.update({"visit": visit, "detector": detector, "band": band, "zero_point": pcal.zero_point,
-                     "njy_per_electron": photo_calib.njy_per_electron, "aperture_correction": apcorr.factor})
+    # the subtracted background at the source (calexp_background), calibrated as DP1's sky: nJy (per pixel)
+    out["sky"] = np.asarray(out["sky"], float) * photocal.photo_calib.njy_per_electron
+    out["sky"].unit = "nJy"
+    out.meta.update({"visit": visit, "detector": detector, "band": band, "zero_point": photocal.zero_point,
+                     "njy_per_electron": photocal.photo_calib.njy_per_electron,
+                     "aperture_correction": apcorr.factor})
+    return out
 
-    # ------------------------------------------------------------------ calexp and metadata
-    fwhm_px = float(psf.fwhm())
-    cx, cy = (sub.shape[1] - 1) / 2.0, (sub.shape[0] - 1) / 2.0
-    kc = psf.kernel_image(cx, cy)
-    from ..measure.moments import moments_from_stamps
-    m = moments_from_stamps(kc[None], None, fwhm_px / SIGMA_TO_FWHM)
+
+def run_metadata(frame: Frame, bkg: BackgroundResult, psf: PsfCharacterization, astrom: AstrometryResult,
+                 photocal: PhotometricCalibration, apcorr, n_sources: int, n_cr: int, visit: int, detector: int,
+                 band: str) -> dict:
+    """process_eimage_metadata: what the run found (a function of the inputs only: no timings)."""
+    fwhm_px = float(psf.psf.fwhm())
+    cx, cy = (frame.image.shape[1] - 1) / 2.0, (frame.image.shape[0] - 1) / 2.0
+    m = moments_from_stamps(psf.psf.kernel_image(cx, cy)[None], None, fwhm_px / SIGMA_TO_FWHM)
     fwhm_mom = float(moments_to_fwhm(m["ixx"], m["iyy"], m["ixy"])[0])
-    meta = {
+    return {
         "visit": visit, "detector": detector, "band": band,
-        "seeing_arcsec": fwhm_px * pixel_scale,  # PSF model FWHM at the detector centre (half-maximum area)
+        "seeing_arcsec": fwhm_px * frame.pixel_scale_arcsec,  # PSF model FWHM at the centre (half-maximum area)
         "psf_fwhm_px": fwhm_px,
-        "psf_fwhm_moments_arcsec": fwhm_mom * pixel_scale,
-        "zero_point": pcal.zero_point, "zero_point_err": zp_err,
-        "njy_per_electron": photo_calib.njy_per_electron, "colour_term": pcal.colour_term,
-        "photocal_n_stars": pcal.n_stars, "photocal_rms_mag": pcal.rms_mag,
+        "psf_fwhm_moments_arcsec": fwhm_mom * frame.pixel_scale_arcsec,
+        "zero_point": photocal.zero_point, "zero_point_err": photocal.zero_point_err,
+        "njy_per_electron": photocal.photo_calib.njy_per_electron, "colour_term": photocal.colour_term,
+        "photocal_n_stars": photocal.n_stars, "photocal_rms_mag": photocal.rms_mag,
         "sky_level_e": bkg.level, "sky_rms_e": bkg.global_rms,
-        "n_psf_stars": int(psf_star.sum()), "n_psf_candidates": int(n_sel),
-        "psf_order": int(psf_info["order"]), "psf_median_chi2": psf_info["median_chi2"],
+        "n_psf_stars": int(psf.used.sum()), "n_psf_candidates": int(psf.n_candidates),
+        "psf_order": int(psf.info["order"]), "psf_median_chi2": psf.info["median_chi2"],
         "aperture_correction": apcorr.factor, "aperture_correction_tail": apcorr.tail_fraction,
         "astrom_rms_mas": astrom.rms_mas, "astrom_median_offset_mas": astrom.median_offset_mas,
         "astrom_n_matches": astrom.n_matches, "astrom_sip_degree": astrom.sip_degree,
         "astrom_initial_shift_px": list(astrom.initial_shift_px),
         "astrom_initial_rotation_deg": astrom.initial_rotation_deg,
-        "n_sources": int(n), "n_cr_pixels": int(n_cr), "n_saturated_pixels": int(sat.sum()),
-        "n_no_data_pixels": int(no_data.sum()), "variance_from_image": variance_from_image,
+        "n_sources": int(n_sources), "n_cr_pixels": int(n_cr), "n_saturated_pixels": int(frame.saturated.sum()),
+        "n_no_data_pixels": int(frame.no_data.sum()), "variance_from_image": frame.variance_from_image,
     }
-    timings["tables"] = time.perf_counter() - t0
-    timings["cpu_s"] = time.process_time() - t_start
+
+
+# ------------------------------------------------------------------------------------------- run
+def run(exposure: Exposure, ref_cat: Table, config: Config | None = None, data_id: dict | None = None,
+        reuse_planes: bool = False) -> Result:
+    """Process one e-image (electrons, with sky) into a calexp, its background, a Source table and metadata.
+
+    DM's characterizeImage (background, cosmic rays, detection, PSF, aperture correction) then calibrate
+    (measurement, astrometry, photometric calibration), one function per step. With ``reuse_planes`` the
+    eimage's image, mask and variance arrays become the calexp's and are modified in place (for a caller that
+    read the eimage for this call only: three 4k x 4k copies fewer); by default the exposure is left as it was.
+    """
+    config = config or Config()
+    timer = StepTimer()
+    info = exposure.visit_info
+    visit = int((data_id or {}).get("visit", info.visit if info else -1))
+    detector = int((data_id or {}).get("detector", info.detector if info else 0))
+    where = f"visit {visit} detector {detector}"  # for the messages
+    with timer("setup"):
+        check_inputs(exposure, config, where)
+        frame = prepare_frame(exposure, config, where, reuse_planes)
+    with timer("background1"):
+        bkg = subtract_background(frame, config.background)
+    with timer("cosmic_rays"):
+        n_cr = repair_cosmic_rays(frame, bkg, config.detection)
+    with timer("detection"):
+        bkg, det = detect(frame, bkg, config)
+    with timer("psf"):
+        psf = characterize_psf(frame, det, config)
+    with timer("measurement"):
+        src, stamps = measure(frame, det, psf, bkg, config)
+    with timer("aperture_correction"):
+        apcorr = correct_apertures(frame, det, psf, src, stamps, config.psf)
+    with timer("astrometry"):
+        astrom = calibrate_astrometry(frame, src, ref_cat, exposure.wcs, info.band, config.astrometry)
+    with timer("photocal"):
+        photocal = calibrate_photometry(frame, src, det, astrom, ref_cat, info.band, apcorr, psf.used,
+                                        config.photocal)
+    with timer("tables"):
+        table = source_table(frame, src, det, psf, astrom, photocal, apcorr, visit, detector, info.band,
+                             config.measurement)
+        meta = run_metadata(frame, bkg, psf, astrom, photocal, apcorr, len(src), n_cr, visit, detector, info.band)
     calexp_meta = {k: v for k, v in meta.items() if isinstance(v, (int, float, str))}
-    calexp = Exposure(sub, mask, variance, astrom.wcs, psf, photo_calib, info, calexp_meta)
-    return Result(calexp, bkg.image, out, meta, timings)
+    calexp = Exposure(frame.image, frame.mask, frame.variance, astrom.wcs, psf.psf, photocal.photo_calib, info,
+                      calexp_meta)
+    return Result(calexp, bkg.image, table, meta, timer.timings())
 
 
 def run_quantum(butler, data_id: dict, config: Config) -> dict:
@@ -517,7 +636,11 @@ def run_quantum(butler, data_id: dict, config: Config) -> dict:
     result = run(exposure, ref_cat, config, data_id, reuse_planes=True)
     did = {"visit": data_id["visit"], "detector": data_id.get("detector", 0)}
     butler.put(result.calexp, "calexp", did)
-    butler.put(result.background, "calexp_background", did)
+    # the background as a model (its mesh and sep's interpolation), checked against the subtracted image
+    sky_rms = result.metadata.get("sky_rms_e")
+    tolerance = 1e-3 * sky_rms if sky_rms and math.isfinite(sky_rms) and sky_rms > 0 else None
+    butler.put(fit_background_model(result.background, config.background.mesh_px, tolerance), "calexp_background",
+               did)
     butler.put(result.src, "src", did)
     butler.put(result.metadata, "process_eimage_metadata", did)
     # the timings go to the job's record, not into the dataset: a re-run must write identical files

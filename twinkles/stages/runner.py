@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..repo import QuantumButler, Repository
+from ..repo import QuantumButler, Repository, validate_processing_run
 from . import apply_config_overrides, load_stage
 
 __all__ = ["find_quanta", "run_quantum_once", "run_stage", "default_output_run"]
@@ -59,7 +59,7 @@ def run_stage(repo_path, stage: str, query: dict, overrides: dict[str, str] | No
     repo = Repository(repo_path)
     module = load_stage(stage)
     config = apply_config_overrides(module.Config(), overrides or {}, stage)
-    run = output_run or default_output_run(repo)
+    run = validate_processing_run(output_run or default_output_run(repo))  # never raw or truth
     repo.ensure_run(run)
     butler_runs = [run, "raw"]
     quanta = find_quanta(repo, module, query, butler_runs)

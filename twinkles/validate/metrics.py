@@ -6,18 +6,20 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from astropy.stats import mad_std
 
 __all__ = ["robust_sigma", "astrometric_offsets", "astrometry_summary", "photometric_pulls", "pa1",
            "completeness_purity"]
 
 
 def robust_sigma(x) -> float:
-    """1.4826 x the median absolute deviation (the standard deviation for a Gaussian, robust to outliers)."""
+    """The standard deviation for a Gaussian from the median absolute deviation (``astropy.stats.mad_std``, robust
+    to outliers), over the finite values."""
     x = np.asarray(x, float)
     x = x[np.isfinite(x)]
     if not len(x):
         return float("nan")
-    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+    return float(mad_std(x))
 
 
 def astrometric_offsets(ra_deg, dec_deg, ra_true_deg, dec_true_deg):

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..repo import TRUTH_RUN, Repository
 from . import plots
+from .science import reference_offset_mmag
 from .single_frame import repeatability, validate_visit
 
 __all__ = ["validation_sections", "process_eimage_section", "assemble_coadd_section", "SECTION_BUILDERS"]
@@ -43,6 +44,11 @@ def process_eimage_section(repo: Repository, run: str, outdir: Path, max_visits:
         return {"title": "process_eimage (single-frame processing)",
                 "metrics": {"n_visits": len(refs), "note": "no truth in this repository"}, "figures": []}
     vrow = {int(r["visit"]): r for r in visits}
+    try:
+        ref_cat = repo.get("ref_cat")
+    except LookupError:
+        ref_cat = None
+    zp_vs_ref = []
     per_visit = []
     by_band = defaultdict(list)
     offsets = ([], [])
@@ -60,6 +66,10 @@ def process_eimage_section(repo: Repository, run: str, outdir: Path, max_visits:
             pass
         res = validate_visit(src, truth, vrow[v], meta)
         per_visit.append(res)
+        if ref_cat is not None and meta and "calib_photometry_used" in src.colnames:
+            # a correct calibration is off the truth by the reference catalogue's own error over its stars
+            ref_off, _ = reference_offset_mmag(src, ref_cat, truth, res["band"])
+            zp_vs_ref.append(res["zero_point_offset_mmag"] - ref_off)
         by_band[res["band"]].append(src)
         offsets[0].append(res["astrometry_offsets_mas"][0])
         offsets[1].append(res["astrometry_offsets_mas"][1])
@@ -88,6 +98,8 @@ def process_eimage_section(repo: Repository, run: str, outdir: Path, max_visits:
         fr = [p["psf_fwhm_ratio"] for p in per_visit]
         metrics["zero_point_offset_median_mmag"] = _finite_median(zp)
         metrics["zero_point_offset_max_abs_mmag"] = float(np.nanmax(np.abs(zp)))
+        if zp_vs_ref:
+            metrics["zero_point_offset_less_reference_error_median_mmag"] = _finite_median(zp_vs_ref)
         metrics["psf_fwhm_ratio_median"] = _finite_median(fr)
         metrics["psf_fwhm_ratio_max_dev_pct"] = float(np.nanmax(np.abs(np.asarray(fr) - 1)) * 100)
         figs.append(plots.plot_visit_truth([p["visit"] for p in per_visit], zp, fr,
@@ -154,15 +166,18 @@ def assemble_coadd_section(repo: Repository, run: str, outdir: Path, max_figures
 SECTION_BUILDERS: list[Callable] = [process_eimage_section, assemble_coadd_section]
 
 
-def validation_sections(repo, run: str, outdir) -> list[dict]:
+def validation_sections(repo, run: str, outdir, raise_errors: bool = False) -> list[dict]:
     """Science validation of every stage with outputs in ``run``; a builder that fails gives a section saying
-    why instead of breaking the report."""
+    why instead of breaking the report, or, with ``raise_errors`` (a recipe's or a script's comparison step,
+    which must fail when the comparison cannot be made), raises its exception."""
     repo = repo if isinstance(repo, Repository) else Repository(repo)
     out = []
     for builder in SECTION_BUILDERS:
         try:
             sec = builder(repo, run, Path(outdir))
         except Exception as exc:  # noqa: BLE001 - the report must still be written
+            if raise_errors:
+                raise
             log.exception("validation section %s failed", builder.__name__)
             sec = {"title": builder.__doc__.splitlines()[0] if builder.__doc__ else builder.__name__,
                    "metrics": {}, "figures": [], "error": f"{type(exc).__name__}: {exc}"}

@@ -50,6 +50,11 @@ class Job:
     downstream: list = field(default_factory=list)
     waiting: int = 0  # upstream jobs not yet finished
     resumed: bool = False  # done in an earlier invocation
+    #: done earlier, and its outputs of these dataset types were since removed as intermediates (``--no-keep``):
+    #: done again if a job that is still to run reads one of them
+    outputs_removed: tuple = ()
+    #: jobs linked to this one as readers of its outputs (kept after they finish, unlike ``downstream``)
+    readers: list = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -84,9 +89,10 @@ class JobGraph:
     """Jobs of a pipeline and their dependencies.
 
     ``discover(spec) -> list[dict]`` returns a stage's quanta when they cannot be projected from upstream jobs
-    (called once per stage, when its producers have finished). ``previous(stage, key) -> (status, attempt) |
-    None`` tells which jobs an earlier invocation finished (``"done"`` with registered outputs) so a resumed run
-    does only what is missing. ``query`` restricts every stage's quanta (``{"visit": range(...)}``).
+    (called once per stage, when its producers have finished). ``previous(stage, key) -> (status, attempt[,
+    outputs_removed]) | None`` tells which jobs an earlier invocation finished (``"done"`` with registered
+    outputs, or outputs of the dataset types ``outputs_removed`` removed as intermediates once read) so a resumed
+    run does only what is missing. ``query`` restricts every stage's quanta (``{"visit": range(...)}``).
     """
 
     def __init__(self, pipeline: Pipeline, discover, previous=None, query: dict | None = None):
@@ -185,11 +191,12 @@ class JobGraph:
             job = Job(st.spec.name, dict(did))
             prev = self.previous(st.spec.name, job.key)
             if prev is not None:
-                status, attempt = prev
+                status, attempt, *removed = prev
                 job.attempt = attempt or 0
                 if status == "done":
                     job.status = "done"
                     job.resumed = True
+                    job.outputs_removed = tuple(removed[0]) if removed and removed[0] else ()
                     self.n_settled += 1
             st.jobs[job.key] = job
             st.open += job.status not in TERMINAL
@@ -212,9 +219,14 @@ class JobGraph:
                 if job.resumed and any(u.status != "done" for u in ups):
                     self._invalidate(job)
                 for up in ups:
+                    up.readers.append(job)
                     if up.status not in TERMINAL:
                         up.downstream.append(job)
                         job.waiting += 1
+        # a job still to run whose upstream job's outputs were removed as intermediates: that job is done again
+        for job in st.jobs.values():
+            if job.status == "pending":
+                self._revive_upstream(job)
         st.linked = True
         for job in list(st.jobs.values()):
             if job.waiting == 0:
@@ -229,6 +241,28 @@ class JobGraph:
         self.n_settled -= 1
         self.stages[job.stage].open += 1
         self.new_jobs.append(job)  # recorded as pending again
+
+    def _revive_upstream(self, job: Job) -> None:
+        reads = set(self.stages[job.stage].spec.inputs)
+        for ups in job.upstream.values():
+            for up in ups:
+                if up.status == "done" and reads & set(up.outputs_removed):
+                    self._revive(up)
+                    up.downstream.append(job)
+                    job.waiting += 1
+
+    def _revive(self, job: Job) -> None:
+        """A job done earlier whose outputs were removed (``--no-keep``) is needed again: make it pending, waiting
+        on its own upstream jobs (revived in turn if their outputs are gone too)."""
+        job.status = "pending"
+        job.resumed = False
+        job.outputs_removed = ()
+        self.n_settled -= 1
+        self.stages[job.stage].open += 1
+        self.new_jobs.append(job)
+        self._revive_upstream(job)
+        if job.waiting == 0 and self.stages[job.stage].linked:
+            self._release(job)
 
     def _release(self, job: Job) -> None:
         """All upstream jobs have finished: queue the job, or skip it if a producer gave it nothing."""

@@ -17,39 +17,20 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from ..repo.datasets import get_dataset_type
-from ..stages import STAGE_MODULES, StageError, apply_config_overrides, available_stages, load_stage
+from ..stages import (DIA_STAGES, STAGE_MODULES, STATIC_STAGES, StageError, apply_config_overrides,
+                      available_stages, load_stage, stage_outputs)
 
-__all__ = ["PIPELINES", "DESIGN_OUTPUTS", "StageSpec", "Pipeline", "resolve_pipeline", "register_env_stages",
+__all__ = ["PIPELINES", "StageSpec", "Pipeline", "resolve_pipeline", "register_env_stages",
            "stage_overrides"]
 
-STATIC = ["process_eimage", "make_skymap", "warp", "assemble_coadd", "detect_coadd", "merge_detections", "deblend",
-          "measure_coadd", "merge_measurements", "forced_phot_ccd"]
-DIA = ["process_eimage", "make_skymap", "warp", "make_template", "image_difference", "associate",
-       "forced_phot_dia"]
-#: pipeline name -> stages in execution order (DESIGN.md section 4); l2 = static sky followed by DIA.
+#: pipeline name -> stages in execution order (DESIGN.md section 4, defined in twinkles.stages); l2 = static sky
+#: followed by DIA.
 PIPELINES: dict[str, list[str]] = {
-    "static": STATIC,
-    "dia": DIA,
-    "l2": STATIC + [s for s in DIA if s not in STATIC],
+    "static": list(STATIC_STAGES),
+    "dia": list(DIA_STAGES),
+    "l2": list(STATIC_STAGES) + [s for s in DIA_STAGES if s not in STATIC_STAGES],
 }
 
-#: What each DESIGN stage makes (DESIGN.md section 2), used to explain what an unimplemented stage blocks.
-DESIGN_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "process_eimage": ("calexp", "calexp_background", "src"),
-    "make_skymap": ("skyMap",),
-    "warp": ("deepCoadd_directWarp", "deepCoadd_psfMatchedWarp"),
-    "assemble_coadd": ("deepCoadd", "deepCoadd_nImage", "deepCoadd_inputs"),
-    "detect_coadd": ("deepCoadd_det",),
-    "merge_detections": ("deepCoadd_mergeDet",),
-    "deblend": ("deepCoadd_deblendedFlux",),
-    "measure_coadd": ("deepCoadd_meas",),
-    "merge_measurements": ("deepCoadd_ref", "objectTable"),
-    "forced_phot_ccd": ("forcedSourceTable",),
-    "make_template": ("goodSeeingCoadd",),
-    "image_difference": ("differenceExp", "diaSourceTable"),
-    "associate": ("diaObjectTable",),
-    "forced_phot_dia": ("forcedSourceOnDiaObjectTable",),
-}
 
 ENV_STAGES = "TWINKLES_STAGE_MODULES"
 
@@ -147,7 +128,7 @@ def resolve_pipeline(spec: str = "l2", overrides: dict[str, str] | None = None) 
     for name in names:
         if name not in present:
             missing.append(name)
-            for out in DESIGN_OUTPUTS.get(name, ()):
+            for out in stage_outputs(name):  # what the missing stage will make
                 missing_made_by.setdefault(out, name)
             continue
         module = load_stage(name)

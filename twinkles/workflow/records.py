@@ -6,7 +6,10 @@ Tables:
   end (Unix seconds), status (running, finished, failed, interrupted);
 * ``jobs`` -- the current state of each job (run, stage, data ID): status (pending, running, done, failed,
   skipped-upstream), attempt, start, end, wall, CPU time, peak RSS, host, error summary, log path, outputs;
-* ``job_attempts`` -- one row per finished attempt (failed attempts included), for the report.
+* ``job_attempts`` -- one row per finished attempt (failed attempts included), for the report;
+* ``workflow_blocks`` -- the batch-system jobs (Parsl blocks) of each invocation on a cluster executor: block
+  number, batch job id (the Slurm job id), state (pending, running, completed, cancelled, failed, missing...),
+  first seen and last updated; ``jobs.block`` / ``job_attempts.block`` name the batch job a job ran in.
 
 Times are Unix seconds (UTC); ``wall_s``/``cpu_s`` in seconds; ``cpu_wait_s``: seconds the job was ready to run
 but other processes had the CPU; ``peak_rss_mb`` in MiB.
@@ -24,7 +27,7 @@ from ..repo.dataid import data_id_key
 from ..repo.repository import DatasetRef
 
 __all__ = ["SCHEMA", "ensure_tables", "JobStore", "load_jobs", "load_attempts", "load_invocations",
-           "latest_run", "registered_paths"]
+           "latest_run", "registered_paths", "load_blocks"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workflow_invocations (
@@ -71,13 +74,26 @@ CREATE TABLE IF NOT EXISTS job_attempts (
     invocation INTEGER
 );
 CREATE INDEX IF NOT EXISTS job_attempts_run ON job_attempts (run, stage);
+CREATE TABLE IF NOT EXISTS workflow_blocks (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    invocation INTEGER NOT NULL,
+    executor TEXT NOT NULL,
+    block TEXT NOT NULL,
+    job_id TEXT,
+    state TEXT NOT NULL,
+    message TEXT,
+    first_seen REAL, updated REAL,
+    UNIQUE (invocation, executor, block)
+);
 """
 
 _DIMS = ("tract", "patch", "visit", "detector", "band")
 
 
 #: columns added after the first version of the tables: added to older registries on the next run
-_ADDED_COLUMNS = {"jobs": [("cpu_wait_s", "REAL")], "job_attempts": [("cpu_wait_s", "REAL")],
+_ADDED_COLUMNS = {"jobs": [("cpu_wait_s", "REAL"), ("block", "TEXT")],
+                  "job_attempts": [("cpu_wait_s", "REAL"), ("block", "TEXT")],
                   "workflow_invocations": [("configs", "TEXT")]}
 
 
@@ -147,24 +163,36 @@ class JobStore:
                          (time.time(), status, message, self.invocation))
 
     # -------------------------------------------------------------------------- reading previous state
-    def previous_states(self) -> dict[tuple[str, str], tuple[str, int]]:
-        """{(stage, data ID key): (status, attempt)}; "done" only if every recorded output is still registered
-        at the same path with its file present (else the job is done again)."""
+    def previous_states(self) -> dict[tuple[str, str], tuple[str, int, tuple]]:
+        """{(stage, data ID key): (status, attempt, outputs_removed)}; "done" only if every recorded output is
+        still registered at the same path with its file present, or was removed as an intermediate once read
+        (``twinkles run --no-keep``; ``outputs_removed``: the dataset types removed) -- else the job is done
+        again."""
         registered = registered_paths(self.repo, self.run)
+        removed = self.repo.removed_keys(self.run)
         out = {}
         with self.repo.read_only() as conn:
             rows = conn.execute("SELECT stage, data_id, status, attempt, outputs FROM jobs WHERE run=?",
                                 (self.run,)).fetchall()
         for r in rows:
-            status = r["status"]
+            status, gone = r["status"], set()
             if status == "done":
                 for ref in json.loads(r["outputs"] or "[]"):
                     key = (ref["dataset_type"], data_id_key(ref["data_id"]))
-                    if registered.get(key) != ref["path"] or not (self.repo.root / ref["path"]).exists():
+                    if removed.get(key) == ref["path"]:
+                        gone.add(ref["dataset_type"])
+                    elif registered.get(key) != ref["path"] or not (self.repo.root / ref["path"]).exists():
                         status = "pending"
                         break
-            out[(r["stage"], r["data_id"])] = (status, r["attempt"])
+            out[(r["stage"], r["data_id"])] = (status, r["attempt"], tuple(sorted(gone)) if status == "done" else ())
         return out
+
+    def outputs_of(self, stage: str, key: str) -> list[DatasetRef]:
+        """The outputs recorded for a done job (of this run)."""
+        with self.repo.read_only() as conn:
+            row = conn.execute("SELECT outputs FROM jobs WHERE run=? AND stage=? AND data_id=? AND status='done'",
+                               (self.run, stage, key)).fetchone()
+        return [DatasetRef.from_dict(d) for d in json.loads(row["outputs"] or "[]")] if row else []
 
     # -------------------------------------------------------------------------- writing
     def add_pending(self, jobs) -> None:
@@ -205,7 +233,7 @@ class JobStore:
         for job, res, status in items:
             common = (res.get("start"), res.get("end"), res.get("wall_s"), res.get("cpu_s"), res.get("cpu_wait_s"),
                       res.get("peak_rss_mb"), res.get("host"), res.get("pid"), res.get("error") or None,
-                      res.get("log_path"))
+                      res.get("log_path"), res.get("block"))
             job_rows.append((status, job.attempt, *common, json.dumps(res.get("outputs", [])),
                              json.dumps(res.get("metadata", {}), default=str), self.invocation, now,
                              self.run, job.stage, job.key))
@@ -214,13 +242,26 @@ class JobStore:
         with self.repo.connect() as conn:
             conn.executemany(
                 "UPDATE jobs SET status=?, attempt=?, start=?, end=?, wall_s=?, cpu_s=?, cpu_wait_s=?, peak_rss_mb=?, "
-                "host=?, "
-                "pid=?, error=?, log_path=?, outputs=?, metadata=?, invocation=?, updated=? "
+                "host=?, pid=?, error=?, log_path=?, block=?, outputs=?, metadata=?, invocation=?, updated=? "
                 "WHERE run=? AND stage=? AND data_id=?", job_rows)
             conn.executemany(
                 "INSERT INTO job_attempts(run, stage, data_id, visit, attempt, status, start, end, wall_s, cpu_s, "
-                "cpu_wait_s, peak_rss_mb, host, pid, error, log_path, invocation) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", attempt_rows)
+                "cpu_wait_s, peak_rss_mb, host, pid, error, log_path, block, invocation) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", attempt_rows)
+
+    def record_blocks(self, executor: str, blocks: dict) -> None:
+        """Record the state of an executor's blocks: ``blocks`` = {block: (batch job id, state, message)}."""
+        if not blocks:
+            return
+        now = time.time()
+        rows = [(self.run, self.invocation, executor, str(b), None if jid is None else str(jid), state, msg, now, now)
+                for b, (jid, state, msg) in blocks.items()]
+        with self.repo.connect() as conn:
+            conn.executemany(
+                "INSERT INTO workflow_blocks(run, invocation, executor, block, job_id, state, message, first_seen, "
+                "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(invocation, executor, block) DO UPDATE SET "
+                "job_id=COALESCE(excluded.job_id, job_id), state=excluded.state, message=excluded.message, "
+                "updated=excluded.updated", rows)
 
     @staticmethod
     def refs_of(result: dict) -> list[DatasetRef]:
@@ -248,6 +289,20 @@ def latest_run(repo: Repository) -> str | None:
 
 def load_jobs(repo: Repository, run: str) -> list[dict]:
     return _read(repo, "SELECT * FROM jobs WHERE run=? ORDER BY id", (run,))
+
+
+def load_blocks(repo: Repository, run: str, invocation: int | None = None) -> list[dict]:
+    """The recorded blocks of a run (of one invocation if given), oldest first."""
+    with repo.read_only() as conn:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='workflow_blocks'").fetchone() \
+                is None:
+            return []
+        if invocation is None:
+            rows = conn.execute("SELECT * FROM workflow_blocks WHERE run=? ORDER BY id", (run,)).fetchall()
+        else:
+            rows = conn.execute("SELECT * FROM workflow_blocks WHERE run=? AND invocation=? ORDER BY id",
+                                (run, invocation)).fetchall()
+    return [dict(r) for r in rows]
 
 
 def load_attempts(repo: Repository, run: str) -> list[dict]:

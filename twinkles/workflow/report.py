@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..repo import Repository
+from ..repo import RAW_RUN, Repository
 from ..repo.storage import atomic_write, atomic_write_bytes
 from .records import latest_run, load_attempts, load_invocations, load_jobs
 
@@ -293,6 +293,7 @@ def write_report(repo_path, run: str | None = None) -> Path:
     outdir = repo.root / "report"
     outdir.mkdir(exist_ok=True)
     summary = compute_summary(repo, run)
+    summary["disk"] = repo.disk_usage([run, RAW_RUN])
     attempts, jobs, invs = load_attempts(repo, run), load_jobs(repo, run), load_invocations(repo, run)
     figs = _figures(summary, attempts, jobs, invs, outdir)
     sections = _validation_sections(repo, run, outdir)
@@ -311,6 +312,15 @@ def write_report(repo_path, run: str | None = None) -> Path:
         stage_rows.append(f"<tr><td>{e(s)}</td><td>{st['jobs']}</td><td>{st['done']}</td><td>{st['failed']}</td>"
                           f"<td>{st['skipped-upstream']}</td><td>{sr}</td><td>{st['attempts']}</td>"
                           f"<td>{m(st['wall_s'])}</td><td>{m(st['cpu_s'])}</td><td>{m(st['peak_rss_mb'])}</td></tr>")
+    disk = summary["disk"]
+    disk_rows = "".join(
+        "<tr><td>{}</td><td>{}</td><td>{:.1f}</td><td>{}</td></tr>".format(
+            e(name), t["files"], t["bytes"] / 1e6,
+            "-" if t["bytes_per_visit"] is None else f"{t['bytes_per_visit'] / 1e6:.2f}")
+        for name, t in disk["types"].items())
+    removed_rows = "".join(f"<tr><td>{e(name)}</td><td>{r['files']}</td><td>{r['bytes'] / 1e6:.1f}</td></tr>"
+                           for name, r in disk["removed"].items())
+    visit_rows = "".join(f"<tr><td>{v}</td><td>{b / 1e6:.1f}</td></tr>" for v, b in list(disk["visits"].items())[:500])
     fig_html = "".join(f"<h3>{e(t)}</h3><img src=\"{e(p)}\" alt=\"{e(t)}\">" for t, p in figs)
     val_html = []
     for sec in sections:
@@ -347,6 +357,13 @@ worker time; CPU efficiency without that time {100 * summary['cpu_efficiency_wit
 <table><tr><th>stage</th><th>jobs</th><th>done</th><th>failed</th><th>skipped</th><th>success</th>
 <th>attempts</th><th>wall s (mean / max)</th><th>CPU s (mean / max)</th><th>peak RSS MiB (mean / max)</th></tr>
 {''.join(stage_rows)}</table>
+<h2>Disk</h2>
+<p>{disk['total_bytes'] / 1e6:.1f} MB in {disk['files']} files (the run and its inputs; sizes as registered).</p>
+<table><tr><th>dataset type</th><th>files</th><th>MB</th><th>MB per visit</th></tr>{disk_rows}</table>
+{('<table><tr><th>removed once read (--no-keep)</th><th>files</th><th>MB freed</th></tr>' + removed_rows
+  + '</table>') if removed_rows else ''}
+<details><summary>MB per visit ({len(disk['visits'])} visits)</summary>
+<table><tr><th>visit</th><th>MB</th></tr>{visit_rows}</table></details>
 <h2>Workflow</h2>{fig_html}
 <h2>Failures ({len(failures)})</h2>
 <table><tr><th>stage</th><th>data ID</th><th>error</th><th>log</th></tr>{fail_html}</table>

@@ -42,6 +42,12 @@ def render_page(st: dict, refresh: float) -> str:
             f"{e(str(inv.get('executor', '-')))} &middot; {inv.get('workers', '-')} workers &middot; state "
             f'<b id="state">{e(st["state"])}</b>')
     missing = (f"<p>Not implemented yet: {e(', '.join(st['missing_stages']))}</p>" if st["missing_stages"] else "")
+    blocks = st.get("blocks") or []
+    block_table = ("<h2>Blocks (batch jobs)</h2><table id=\"blocks\"><tr><th>block</th><th>job id</th><th>state</th>"
+                   "<th>jobs done</th><th>failed</th></tr>" + "".join(
+                       f"<tr><td>{e(str(b['block']))}</td><td>{e(str(b['job_id'] or '-'))}</td><td>{e(b['state'])}"
+                       f"</td><td class=\"n\">{b['done']}</td><td class=\"n\">{b['failed']}</td></tr>"
+                       for b in blocks) + "</table>") if blocks else ""
     updated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(st["time"]))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh:g}">
@@ -54,7 +60,7 @@ td.bar {{ width: 320px; }} td.bar span {{ display: inline-block; height: 12px; }
 <h1>twinkles status</h1>
 <p>{e(st['repo'])}<br>{head}</p>{missing}
 <table id="counts"><tr><th>stage</th>{''.join(f'<th>{s}</th>' for s in STATUSES)}<th>total</th><th></th></tr>
-{''.join(rows)}</table>
+{''.join(rows)}</table>{block_table}
 <h2>Failures ({st['totals']['failed']} failed, {st['totals']['skipped-upstream']} skipped)</h2>
 <table id="failures"><tr><th>stage</th><th>data ID</th><th>status</th><th>attempt</th><th>error</th><th>log</th></tr>
 {fails}</table>
