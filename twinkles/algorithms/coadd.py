@@ -426,7 +426,7 @@ class CoaddAccumulator:
     ``add(exposure, good, weight, inexact=None)``: ``good`` the pixels that enter; ``inexact`` the pixels where
     the warp has data but was left out (artifacts, bad pixels), where the coadd PSF, a sum over every input
     covering the position, is then not exact. ``finish()`` returns image, variance, mask and nImage;
-    pixels no input covers are NO_DATA (image 0, variance inf); the mask ORs the used inputs' planes
+    pixels no input covers are NO_DATA (image and variance NaN); the mask ORs the used inputs' planes
     (``propagate_bits``) and sets INEXACT_PSF.
     """
 
@@ -459,8 +459,10 @@ class CoaddAccumulator:
         """(image nJy, variance nJy^2, mask int32, n_image float32)."""
         covered = self.s_w > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            image = np.where(covered, self.s_wx / self.s_w, 0.0).astype(np.float32)
-            variance = np.where(covered, self.s_w2v / (self.s_w * self.s_w), np.inf).astype(np.float32)
+            # NaN where nothing covers, as in the warps (DM's NO_DATA pixels; and tile compression quantizes
+            # NaN losslessly, while an infinite value has no quantized form)
+            image = np.where(covered, self.s_wx / self.s_w, np.nan).astype(np.float32)
+            variance = np.where(covered, self.s_w2v / (self.s_w * self.s_w), np.nan).astype(np.float32)
         mask = self.mask.copy()
         mask[~covered] |= mask_bit("NO_DATA")
         mask[self.inexact & covered] |= mask_bit("INEXACT_PSF")
