@@ -60,10 +60,10 @@ class AlardLuptonConfig:
 def basis_sigmas(fwhm_target_px: float, fwhm_ref_px: float, config: AlardLuptonConfig) -> list[float]:
     """Gaussian widths of the basis (px) from the two PSF widths: ``s = sqrt(s_T^2 - s_R^2)`` (DM scaleByFwhm)."""
     st, sr = fwhm_target_px * FWHM_TO_SIGMA, fwhm_ref_px * FWHM_TO_SIGMA
-    s = math.sqrt(max(st * st - sr * sr, config.min_sigma_px ** 2))
     mid = config.n_gauss // 2
-    sig = [s * config.gauss_beta ** (i - mid) for i in range(config.n_gauss)]
-    return [max(v, config.min_sigma_px) for v in sig]
+    # the narrowest never below min_sigma_px, so the Gaussians stay distinct (a singular basis otherwise)
+    s = math.sqrt(max(st * st - sr * sr, (config.min_sigma_px * config.gauss_beta ** mid) ** 2))
+    return [s * config.gauss_beta ** (i - mid) for i in range(config.n_gauss)]
 
 
 def kernel_size_for(fwhm_px: float, config: AlardLuptonConfig) -> int:
@@ -214,9 +214,9 @@ def fit_kernel(reference: np.ndarray, target: np.ndarray, variance: np.ndarray, 
         Atb = sum(rows[i][0].T @ rows[i][1] for i in np.nonzero(use)[0])
         scale = np.sqrt(np.maximum(np.diag(AtA), 1e-300))
         try:
-            sol = np.linalg.solve(AtA / np.outer(scale, scale), Atb / scale) / scale
+            sol = np.linalg.lstsq(AtA / np.outer(scale, scale), Atb / scale, rcond=1e-10)[0] / scale
         except np.linalg.LinAlgError as exc:
-            raise MatchingError(f"the kernel's normal equations are singular ({exc})") from None
+            raise MatchingError(f"the kernel's normal equations cannot be solved ({exc})") from None
         chi2 = np.array([np.mean((A @ sol - b) ** 2) for A, b in rows])
         med = np.median(chi2[use])
         sd = 1.4826 * np.median(np.abs(chi2[use] - med))

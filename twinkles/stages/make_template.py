@@ -95,11 +95,13 @@ def run(warps: list[assemble_coadd.WarpInput], fwhm_arcsec: dict[int, float], co
                               f"(min_inputs={config.min_inputs}); see the inputs' reasons: "
                               f"{[r for r in res.inputs['reason'] if r]}")
     fws = [fwhm_arcsec[v] for v in used]
+    weights = [float(w) for w, st in zip(res.inputs["weight"], res.inputs["status"]) if st == "used"]
     meta = dict(res.metadata, template_visits=" ".join(str(v) for v in used),
+                template_weights=" ".join(f"{w / sum(weights):.6f}" for w in weights),
                 template_max_input_fwhm_arcsec=float(max(fws)), n_candidates=len(fwhm_arcsec),
                 left_out={int(v): r for v, r in reasons.items()})
     t = res.coadd
-    t.metadata.update(template_visits=meta["template_visits"], band=band,
+    t.metadata.update(template_visits=meta["template_visits"], template_weights=meta["template_weights"], band=band,
                       template_max_input_fwhm_arcsec=meta["template_max_input_fwhm_arcsec"])
     return Result(t, res.inputs, used, meta)
 
