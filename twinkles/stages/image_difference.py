@@ -73,6 +73,7 @@ class Config:
     stamp_cells: int = 4  # spread over stamp_cells x stamp_cells cells of the detector
     stamp_bad_planes: list = field(default_factory=lambda: ["NO_DATA", "SAT", "BAD", "CR", "INTRP", "EDGE"])
     decorrelate: bool = True  # DM doDecorrelation True
+    template_noise_correlation: bool = True  # scale the template's variance for its two Lanczos resamplings
     threshold: float = 5.0  # DIASource detection, sigma (DM detection.thresholdValue 5.0)
     detect_ignore_planes: list = field(default_factory=lambda: ["NO_DATA", "SAT", "BAD"])
     dipole_radius_fwhm: float = 1.5  # positive and negative peaks this close (FWHMs) make a dipole
@@ -100,7 +101,8 @@ def get_template(calexp: Exposure, templates: dict[int, Exposure]) -> Exposure:
         ok = np.isfinite(w.image) & ((w.mask & mask_bit("NO_DATA")) == 0)
         if merged is None:
             merged = w
-            merged.metadata = {"template_patches": str(patch)}
+            merged.metadata = {"template_patches": str(patch),
+                               "psf_flux_noise_factor": float(tmpl.metadata.get("psf_flux_noise_factor", 1.0))}
         else:
             fill = ok & ~np.isfinite(merged.image)
             merged.image[fill] = w.image[fill]
@@ -114,6 +116,22 @@ def get_template(calexp: Exposure, templates: dict[int, Exposure]) -> Exposure:
         elif merged.psf is None:
             merged.psf = w.psf
     return merged
+
+
+def _template_noise_factor(tmpl: Exposure, config: Config) -> float:
+    """The white-noise equivalent of the warped template's variance plane, as a factor on its sigma.
+
+    The template was resampled twice (visits onto the patch, the coadd onto the visit): its pixels' variance is
+    right, but neighbours are correlated, so the noise of sums over a PSF (fluxes, the decorrelation's low
+    frequencies) is larger by the coadd's ``psf_flux_noise_factor`` times that of the second warp
+    (:func:`twinkles.algorithms.coadd.resampling_noise_factor`).
+    """
+    if not config.template_noise_correlation:
+        return 1.0
+    from ..algorithms.coadd import resampling_noise_factor
+    cx, cy = (tmpl.width - 1) / 2.0, (tmpl.height - 1) / 2.0
+    f_coadd = float(tmpl.metadata.get("psf_flux_noise_factor", 1.0))
+    return f_coadd * resampling_noise_factor(tmpl.psf.kernel_image(cx, cy))
 
 
 def _stamp_positions(science, variance, good, fwhm, config: Config, shape):
@@ -191,7 +209,8 @@ def run(calexp: Exposure, templates: dict[int, Exposure], config: Config | None 
     sci = calexp.image.astype(np.float64) * njy
     var_sci = calexp.variance.astype(np.float64) * njy * njy
     tim = tmpl.image.astype(np.float64)
-    var_t = tmpl.variance.astype(np.float64)
+    noise_factor = _template_noise_factor(tmpl, config)
+    var_t = tmpl.variance.astype(np.float64) * noise_factor ** 2
     bad_bits = mask_bit(*config.stamp_bad_planes)
     finite = np.isfinite(sci) & np.isfinite(tim) & np.isfinite(var_t) & (var_sci > 0)
     good = finite & ((calexp.mask & bad_bits) == 0) & ((tmpl.mask & bad_bits) == 0)
@@ -240,7 +259,7 @@ def run(calexp: Exposure, templates: dict[int, Exposure], config: Config | None 
     var = np.where(valid, var, np.nan).astype(np.float32)
     timings["decorrelate"] = time.perf_counter() - t0
     meta = {"visit": visit, "detector": detector, "band": info.band, "template_coverage": coverage,
-            "template_patches": tmpl.metadata.get("template_patches", ""),
+            "template_patches": tmpl.metadata.get("template_patches", ""), "template_noise_factor": noise_factor,
             "convolved": "template" if convolve_template else "science", "kernel_size_px": sol.size,
             "kernel_sum": ksum, "n_kernel_stamps": sol.n_stamps, "n_kernel_stamps_rejected": sol.n_rejected,
             "kernel_chi2_per_pixel": sol.chi2_per_pixel, "science_psf_fwhm_px": f_sci,
