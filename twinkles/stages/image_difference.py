@@ -23,7 +23,8 @@ decorrelation by ``DecorrelateALKernelTask``) and ``DetectAndMeasureDiaSourcesTa
 6. ``measure_dia_sources``: :func:`twinkles.measure.measure_sources` on the difference (centroid, PSF flux,
    apertures, shape, pixel flags), the science image's PSF flux at the same place (``scienceFlux``), a dipole
    flag (a positive and a negative source within ``dipole_radius_fwhm`` FWHM of comparable flux), the
-   ``diaSourceTable`` with DP1 column names, fluxes in nJy.
+   ``diaSourceTable`` with DP1 column names, fluxes in nJy (plus ``isNegative`` and ``nearSaturated``: within
+   ``near_saturated_fwhm`` FWHM of a saturated pixel, where a bright star's residuals make false sources).
 
 Not done here: pre-convolution of the science image when the template is broader (DM's
 ``preconvolve``), ZOGY, a dipole model fit.
@@ -62,7 +63,7 @@ OUTPUTS = ["differenceExp", "diaSourceTable"]
 DIA_COLUMNS = ["diaSourceId", "diaObjectId", "visit", "detector", "band", "midpointMjdTai", "ra", "dec", "raErr",
                "decErr", "x", "y", "xErr", "yErr", "psfFlux", "psfFluxErr", "psfFlux_flag", "apFlux", "apFluxErr",
                "apFlux_flag", "scienceFlux", "scienceFluxErr", "snr", "isNegative", "isDipole", "ixx", "iyy",
-               "ixy", "shape_flag", "centroid_flag"]
+               "ixy", "shape_flag", "centroid_flag", "nearSaturated"]
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Config:
     detect_ignore_planes: list = field(default_factory=lambda: ["NO_DATA", "SAT", "BAD"])
     dipole_radius_fwhm: float = 1.5  # positive and negative peaks this close (FWHMs) make a dipole
     ap_radius_px: float = 12.0  # apFlux aperture radius, px (DP1: 12 px)
+    near_saturated_fwhm: float = 3.0  # nearSaturated: within this many FWHM of a SAT pixel (residual wings)
 
 
 @dataclass
@@ -246,7 +248,7 @@ def run(calexp: Exposure, templates: dict[int, Exposure], config: Config | None 
     if config.decorrelate:
         s_t = float(np.median(var_tgt[valid]))
         s_r = float(np.median(var_ref[valid]))
-        phi = decorrelation_kernel(kc, s_t, s_r)
+        phi = decorrelation_kernel(kc, s_t, s_r, size=kc.shape[0])
         diff = decorrelate(diff, phi, valid)
         var = var_tgt + var_ref * ksum ** 2
         hp = phi.shape[0] // 2
@@ -306,7 +308,7 @@ def dia_sources(diff: Exposure, sci_njy, var_sci_njy, calexp: Exposure, config: 
     if not n:
         for c in DIA_COLUMNS[6:]:
             t[c] = np.zeros(0, bool if c in ("psfFlux_flag", "apFlux_flag", "isNegative", "isDipole",
-                                            "shape_flag", "centroid_flag") else float)
+                                            "shape_flag", "centroid_flag", "nearSaturated") else float)
         return t
     mx, my = np.asarray(m["x"], float), np.asarray(m["y"], float)
     ra, dec = calexp.wcs.all_pix2world(mx, my, 0)
@@ -331,6 +333,15 @@ def dia_sources(diff: Exposure, sci_njy, var_sci_njy, calexp: Exposure, config: 
     for c in m.colnames:
         if c.startswith("pixelFlags_"):
             t[c] = m[c]
+    # near a saturated star: its subtraction residuals (wings, bleed ends) are not to be trusted
+    sat = (diff.mask & mask_bit("SAT")) != 0
+    if sat.any():
+        dist = ndimage.distance_transform_edt(~sat)
+        xi = np.clip(np.rint(mx).astype(int), 0, diff.width - 1)
+        yi = np.clip(np.rint(my).astype(int), 0, diff.height - 1)
+        t["nearSaturated"] = dist[yi, xi] <= config.near_saturated_fwhm * fwhm
+    else:
+        t["nearSaturated"] = np.zeros(n, bool)
     for c in ("psfFlux", "psfFluxErr", "apFlux", "apFluxErr", "scienceFlux", "scienceFluxErr"):
         t[c].unit = "nJy"
     for c in ("ra", "dec", "raErr", "decErr"):
