@@ -210,3 +210,32 @@ def test_a_visit_the_template_does_not_cover_fails_clearly(dia_field):
     moved = Exposure(t.image, t.mask, t.variance, w, t.psf, t.photo_calib, t.visit_info, dict(t.metadata))
     with pytest.raises(ProcessingError, match="cover"):
         image_difference.run(calexp, {0: moved})
+
+
+def test_supernova_difference_flux_against_the_truth(dia_field):
+    """Forced PSF flux on the difference at every supernova's true position (science visits, all epochs) against
+    the true difference: the epoch's flux minus the template's weighted mix of its inputs' fluxes."""
+    lc, truth = dia_field["lc"], dia_field["truth"]
+    t = list(dia_field["templates"].values())[0]
+    tv = [int(x) for x in t.metadata["template_visits"].split()]
+    tw = [float(x) for x in t.metadata["template_weights"].split()]
+    assert abs(sum(tw) - 1) < 1e-4
+    pulls = []
+    for v in _science_visits(dia_field):
+        d = dia_field["diffs"][v]
+        for k in np.nonzero(truth["type"] == "sn")[0]:
+            flux = {int(r["visit"]): float(r["flux"]) for r in lc[lc["id"] == truth["id"][k]]}
+            true_diff = flux[v] - sum(w * flux[u] for u, w in zip(tv, tw))
+            x, y = d.wcs.all_world2pix([float(truth["ra"][k])], [float(truth["dec"][k])], 0)
+            if not (20 < x[0] < d.width - 20 and 20 < y[0] < d.height - 20):
+                continue
+            f, e, flag = forced_psf_flux(np.nan_to_num(d.image), np.nan_to_num(d.variance), d.mask, d.psf, x, y)
+            if not flag[0]:
+                pulls.append((f[0] - true_diff) / e[0])
+    p = np.array(pulls)
+    n = p.size
+    print("supernova forced-flux pulls against the true difference: mean", round(float(p.mean()), 3), "sd",
+          round(float(p.std()), 3), "n", n)
+    assert n >= 100
+    assert abs(p.mean()) < 0.1 + 3 / math.sqrt(n)
+    assert 0.9 <= p.std() <= 1.15

@@ -13,7 +13,10 @@ Per (tract, patch, band):
    warp, in the patch frame, times the sky map's pixel scale); the selected ones and why the rest are not;
 2. ``assemble``: :func:`twinkles.stages.assemble_coadd.run` on the selected warps (direct warps coadded, the
    PSF-matched ones for artifact rejection), so the template's PSF is the :class:`~twinkles.psf.CoaddPsf` of
-   its inputs, stored with it; its metadata lists the visits used (``template_visits``).
+   its inputs, stored with it; its metadata lists the visits used (``template_visits``) and their normalised
+   weights (``template_weights``: a variable's template flux is that mix of its epochs' fluxes). With fewer
+   than ``rejection_min_inputs`` inputs the artifact rejection is off (a variable's faint or bright epoch would
+   look like an artifact among 3-4 and be dropped, making that mix unknown).
 
 A patch with fewer than ``min_inputs`` warps in the band makes no template (ProcessingError naming what is missing).
 """
@@ -47,6 +50,7 @@ class Config:
     max_psf_fwhm_arcsec: float = 0.0  # and never broader than this, arcsec (0: no limit; DM maxPsfFwhm 1.5)
     min_inputs: int = 3  # at least this many visits (the best-seeing ones; DM nVisitsMin 6)
     max_inputs: int = 12  # at most this many (DM nVisitsMax 12)
+    rejection_min_inputs: int = 5  # artifact rejection only with at least this many inputs (see run)
     coadd: assemble_coadd.Config = field(default_factory=assemble_coadd.Config)
 
 
@@ -86,7 +90,13 @@ def run(warps: list[assemble_coadd.WarpInput], fwhm_arcsec: dict[int, float], co
     config = config or Config()
     chosen, reasons = select_visits(fwhm_arcsec, config)
     use = [w for w in warps if w.visit in chosen]
-    res = assemble_coadd.run(use, config.coadd, band=band)
+    coadd_config = config.coadd
+    if len(use) < config.rejection_min_inputs and coadd_config.do_artifact_rejection:
+        # with 3-4 epochs a variable source's faint or bright epoch looks like an artifact and is dropped, so
+        # the template's flux of every supernova and AGN would be an unknown mix of its epochs: plain mean
+        from dataclasses import replace
+        coadd_config = replace(coadd_config, do_artifact_rejection=False)
+    res = assemble_coadd.run(use, coadd_config, band=band)
     if res.coadd is None:
         raise ProcessingError(f"band {band}: none of the good-seeing visits {chosen} has usable pixels in the patch")
     used = [int(v) for v, s in zip(res.inputs["visit"], res.inputs["status"]) if s == "used"]
