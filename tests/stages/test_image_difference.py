@@ -239,3 +239,13 @@ def test_supernova_difference_flux_against_the_truth(dia_field):
     assert n >= 100
     assert abs(p.mean()) < 0.1 + 3 / math.sqrt(n)
     assert 0.9 <= p.std() <= 1.15
+
+
+def test_report_section(dia_field, tmp_path):
+    from twinkles.validate.report import image_difference_section
+    sec = image_difference_section(dia_field["repo"], RUN, tmp_path)
+    m = sec["metrics"]
+    assert m["n_difference_images"] == len(dia_field["diffs"])
+    assert abs(m["noise_ratio_median_science_visits"] - 1) < 0.05
+    assert m["sn_efficiency_snr_ge_10"] == 1.0
+    assert (tmp_path / sec["figures"][0]).exists()
