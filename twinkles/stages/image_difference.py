@@ -91,13 +91,20 @@ class Result:
 
 
 # ----------------------------------------------------------------------------------------- steps
-def get_template(calexp: Exposure, templates: dict[int, Exposure]) -> Exposure:
-    """The patches' templates warped onto the calexp's frame and merged (first patch with data wins)."""
+def get_template(calexp: Exposure, templates: dict[int, Exposure], border: int = 0) -> Exposure | None:
+    """The patches' templates warped onto the calexp's frame grown by ``border`` pixels on every side (so the
+    matching kernel has template pixels beyond the calexp's edges, as DM's GetTemplateTask grows its bbox) and
+    merged (first patch with data wins). Pixel (0, 0) of the result is calexp pixel (-border, -border); its PSF
+    is given in calexp pixel coordinates."""
     merged = None
-    centre = ((calexp.width - 1) / 2.0, (calexp.height - 1) / 2.0)
-    psf_patch = None
+    ny, nx = calexp.shape
+    wcs = calexp.wcs.deepcopy()
+    wcs.wcs.crpix = wcs.wcs.crpix + border  # SIP is relative to CRPIX: an exact shift of the grid
+    shape = (ny + 2 * border, nx + 2 * border)
+    cx, cy = int(round((nx - 1) / 2.0)) + border, int(round((ny - 1) / 2.0)) + border
+    psf = None
     for patch, tmpl in sorted(templates.items()):
-        w = warp_exposure(tmpl, calexp.wcs, calexp.shape, to_njy=True)
+        w = warp_exposure(tmpl, wcs, shape, to_njy=True)
         if w.metadata.get("n_good_pixels", 0) == 0:
             continue
         ok = np.isfinite(w.image) & ((w.mask & mask_bit("NO_DATA")) == 0)
@@ -111,12 +118,11 @@ def get_template(calexp: Exposure, templates: dict[int, Exposure]) -> Exposure:
             merged.variance[fill] = w.variance[fill]
             merged.mask[fill] = w.mask[fill]
             merged.metadata["template_patches"] += f" {patch}"
-        cx, cy = int(round(centre[0])), int(round(centre[1]))
-        if psf_patch is None and ok[cy, cx]:
-            psf_patch = patch
-            merged.psf = w.psf
-        elif merged.psf is None:
-            merged.psf = w.psf
+        if (psf is None or not psf[0]) and w.psf is not None:
+            psf = (bool(ok[cy, cx]), w.psf)  # the PSF of the patch covering the centre, else the first
+    if merged is not None and psf is not None:
+        g = psf[1]
+        merged.psf = ImageGridPSF(g.images, g.xs - border, g.ys - border)
     return merged
 
 
@@ -197,45 +203,53 @@ def run(calexp: Exposure, templates: dict[int, Exposure], config: Config | None 
     if not templates:
         raise ProcessingError(f"{where}: no goodSeeingCoadd of band {info.band} overlaps this visit; run "
                               "make_template on the patches it covers (twinkles stage make_template)")
-    tmpl = get_template(calexp, templates)
-    coverage = 0.0 if tmpl is None else float(np.mean(np.isfinite(tmpl.image)))
+    b = config.kernel.kernel_size_max // 2  # the widest kernel's reach
+    tmpl = get_template(calexp, templates, border=b)
+    inner = (slice(b, b + calexp.height), slice(b, b + calexp.width))
+    coverage = 0.0 if tmpl is None else float(np.mean(np.isfinite(tmpl.image[inner])))
     if tmpl is None or coverage < config.min_template_coverage:
         raise ProcessingError(f"{where}: the templates (patches {sorted(templates)}) cover {coverage:.0%} of the "
                               f"visit, less than min_template_coverage={config.min_template_coverage:.0%}; make "
                               "templates for the patches this visit covers, or lower "
                               "--config image_difference.min_template_coverage")
     timings["get_template"] = time.perf_counter() - t0
-    # 2. PSF matching
+    # 2. PSF matching (on the grown grid: the science padded with NO_DATA)
     t0 = time.perf_counter()
     njy = float(calexp.photo_calib.njy_per_electron)
-    sci = calexp.image.astype(np.float64) * njy
-    var_sci = calexp.variance.astype(np.float64) * njy * njy
+    sci = np.pad(calexp.image.astype(np.float64) * njy, b, constant_values=np.nan)
+    var_sci = np.pad(calexp.variance.astype(np.float64) * njy * njy, b, constant_values=np.nan)
+    cmask = np.pad(calexp.mask, b, constant_values=mask_bit("NO_DATA"))
     tim = tmpl.image.astype(np.float64)
     noise_factor = _template_noise_factor(tmpl, config)
     var_t = tmpl.variance.astype(np.float64) * noise_factor ** 2
     bad_bits = mask_bit(*config.stamp_bad_planes)
-    finite = np.isfinite(sci) & np.isfinite(tim) & np.isfinite(var_t) & (var_sci > 0)
-    good = finite & ((calexp.mask & bad_bits) == 0) & ((tmpl.mask & bad_bits) == 0)
+    ok_sci = np.isfinite(sci) & np.isfinite(var_sci) & (np.nan_to_num(var_sci) > 0)
+    ok_tmpl = np.isfinite(tim) & np.isfinite(var_t)
+    finite = ok_sci & ok_tmpl
+    good = finite & ((cmask & bad_bits) == 0) & ((tmpl.mask & bad_bits) == 0)
     cx, cy = (calexp.width - 1) / 2.0, (calexp.height - 1) / 2.0
     f_sci = float(calexp.psf.fwhm(cx, cy))
     f_tmpl = float(tmpl.psf.fwhm(cx, cy))
     convolve_template = f_tmpl <= f_sci
     ref, var_ref, tgt, var_tgt = (tim, var_t, sci, var_sci) if convolve_template else (sci, var_sci, tim, var_t)
+    ok_ref, ok_tgt = (ok_tmpl, ok_sci) if convolve_template else (ok_sci, ok_tmpl)
     f_ref, f_tgt = (f_tmpl, f_sci) if convolve_template else (f_sci, f_tmpl)
-    positions = _stamp_positions(sci, var_sci + var_t, good, f_sci, config, calexp.shape)
+    positions = _stamp_positions(np.where(finite, sci, 0.0), np.where(finite, var_sci + var_t, np.inf), good,
+                                 f_sci, config, sci.shape)
     try:
-        sol, cb = fit_kernel(np.where(finite, ref, 0.0), np.where(finite, tgt, 0.0),
+        sol, cb = fit_kernel(np.where(ok_ref, ref, 0.0), np.where(finite, tgt, 0.0),
                              np.where(finite, var_sci + var_t, 1.0), good, positions, f_ref, f_tgt, config.kernel)
     except MatchingError as exc:
         raise ProcessingError(f"{where}: the PSF-matching kernel fit failed: {exc}") from None
     timings["match_psfs"] = time.perf_counter() - t0
     # 3. subtraction
     t0 = time.perf_counter()
-    matched = sol.convolve(ref, cb) + sol.background()
-    kc = sol.kernel(cx, cy)
-    var_matched = convolve_variance(np.where(finite, var_ref, 0.0), kc)
+    matched = sol.convolve(np.where(ok_ref, ref, 0.0), cb) + sol.background()
+    kc = sol.kernel(cx + b, cy + b)
+    var_matched = convolve_variance(np.where(ok_ref, var_ref, 0.0), kc)
     h = sol.size // 2
-    valid = ndimage.binary_erosion(finite, structure=np.ones((2 * h + 1, 2 * h + 1), bool), border_value=0)
+    # valid: the kernel's footprint all on reference pixels, and a target pixel
+    valid = ndimage.binary_erosion(ok_ref, structure=np.ones((2 * h + 1, 2 * h + 1), bool), border_value=0) & ok_tgt
     if convolve_template:
         diff, var = sci - matched, var_sci + var_matched
     else:
@@ -253,12 +267,14 @@ def run(calexp: Exposure, templates: dict[int, Exposure], config: Config | None 
         var = var_tgt + var_ref * ksum ** 2
         hp = phi.shape[0] // 2
         valid = ndimage.binary_erosion(valid, structure=np.ones((2 * hp + 1, 2 * hp + 1), bool), border_value=0)
+    diff, var, valid = diff[inner], var[inner], valid[inner]
     psf_unconvolved = calexp.psf if convolve_template else tmpl.psf
     dpsf = _difference_psf(psf_unconvolved, phi, calexp.shape)
-    mask = (calexp.mask | tmpl.mask).astype(np.int32)
+    mask = (calexp.mask | tmpl.mask[inner]).astype(np.int32)
     mask[~valid] |= np.int32(mask_bit("NO_DATA"))
     diff = np.where(valid, diff, np.nan).astype(np.float32)
     var = np.where(valid, var, np.nan).astype(np.float32)
+    sci, var_sci = sci[inner], var_sci[inner]
     timings["decorrelate"] = time.perf_counter() - t0
     meta = {"visit": visit, "detector": detector, "band": info.band, "template_coverage": coverage,
             "template_patches": tmpl.metadata.get("template_patches", ""), "template_noise_factor": noise_factor,
