@@ -249,3 +249,24 @@ def test_report_section(dia_field, tmp_path):
     assert abs(m["noise_ratio_median_science_visits"] - 1) < 0.05
     assert m["sn_efficiency_snr_ge_10"] == 1.0
     assert (tmp_path / sec["figures"][0]).exists()
+
+
+def test_supernova_efficiency_at_moderate_snr(dia_field):
+    """The 50% efficiency point is at S/N <= 5.5: at true S/N 5.5-8 more than half the epochs are found."""
+    from twinkles.validate.dia import supernova_efficiency
+    t = list(dia_field["templates"].values())[0]
+    tv = [int(x) for x in t.metadata["template_visits"].split()]
+    tw = [float(x) for x in t.metadata["template_weights"].split()]
+    res = []
+    for v, d in dia_field["diffs"].items():
+        res += supernova_efficiency(d, dia_field["dias"][v], dia_field["truth"], dia_field["lc"], tv, tw, v)
+    s = np.abs(np.array([a for a, _ in res]))
+    det = np.array([b for _, b in res])
+    mid = (s >= 5.5) & (s < 8)
+    low = s < 3
+    print("efficiency at S/N 5.5-8:", int(det[mid].sum()), "/", int(mid.sum()), "; at S/N < 3:",
+          int(det[low].sum()), "/", int(low.sum()))
+    assert mid.sum() >= 8
+    # binomial: the fraction found exceeds 1/2 by more than 2 standard errors
+    assert det[mid].mean() > 0.5 + 2 * math.sqrt(0.25 / mid.sum())
+    assert det[low].mean() < 0.05  # and noise-level epochs are not "found" by chance matches
