@@ -21,7 +21,8 @@ from . import plots
 from .science import reference_offset_mmag
 from .single_frame import repeatability, validate_visit
 
-__all__ = ["validation_sections", "process_eimage_section", "assemble_coadd_section", "SECTION_BUILDERS"]
+__all__ = ["validation_sections", "process_eimage_section", "assemble_coadd_section", "image_difference_section",
+           "SECTION_BUILDERS"]
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,54 @@ def assemble_coadd_section(repo: Repository, run: str, outdir: Path, max_figures
             "figures": [str(Path(f).relative_to(outdir)) for f in figs]}
 
 
+def image_difference_section(repo: Repository, run: str, outdir: Path) -> dict | None:
+    """Difference imaging (make_template, image_difference): noise ratio per visit, DIASources, efficiency."""
+    from .dia import difference_noise_ratio, plot_dia, supernova_efficiency
+    refs = repo.query("differenceExp", runs=[run])
+    if not refs:
+        return None
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    truth = repo.get("truth_catalog", runs=[TRUTH_RUN])
+    lcs = repo.get("truth_lightcurves", runs=[TRUTH_RUN])
+    templates = {}
+    for tref in repo.query("goodSeeingCoadd", runs=[run]):
+        t = repo.read(tref)
+        templates.setdefault(tref.data_id["band"], t.metadata)
+    visits, ratios, in_tmpl, n_dia, snr_det = [], [], [], [], []
+    for ref in sorted(refs, key=lambda r: r.data_id["visit"]):
+        diff = repo.read(ref)
+        dia = repo.get("diaSourceTable", ref.data_id, runs=[run])
+        band = diff.visit_info.band
+        meta = templates.get(band, {})
+        tv = [int(v) for v in str(meta.get("template_visits", "")).split()]
+        tw = [float(w) for w in str(meta.get("template_weights", "")).split()]
+        v = int(ref.data_id["visit"])
+        visits.append(v)
+        ratios.append(difference_noise_ratio(diff))
+        in_tmpl.append(v in tv)
+        n_dia.append(len(dia))
+        if tv and len(tw) == len(tv):
+            snr_det += supernova_efficiency(diff, dia, truth, lcs, tv, tw, v)
+    sci = [r for r, t in zip(ratios, in_tmpl) if not t]
+    s = np.abs(np.array([a for a, _ in snr_det])) if snr_det else np.zeros(0)
+    d = np.array([b for _, b in snr_det], bool) if snr_det else np.zeros(0, bool)
+    metrics = {"n_difference_images": len(refs), "noise_ratio_median_science_visits": _finite_median(sci),
+               "noise_ratio_median_template_visits": _finite_median(
+                   [r for r, t in zip(ratios, in_tmpl) if t]),
+               "dia_sources_per_visit_median": _finite_median(n_dia),
+               "sn_epochs_snr_ge_10": int((s >= 10).sum()),
+               "sn_efficiency_snr_ge_10": float(d[s >= 10].mean()) if (s >= 10).any() else float("nan"),
+               "sn_efficiency_snr_5_to_7": float(d[(s >= 5) & (s < 7)].mean()) if ((s >= 5) & (s < 7)).any()
+               else float("nan")}
+    fig = plot_dia(visits, ratios, in_tmpl, snr_det, outdir / "dia_noise_efficiency.png")
+    metrics = {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+    return {"title": "image_difference (DIA): difference-image noise, DIASources, efficiency", "metrics": metrics,
+            "figures": [str(Path(fig).relative_to(outdir))]}
+
+
 #: builders of the validation sections, in pipeline order; each (repo, run, outdir) -> dict | None
-SECTION_BUILDERS: list[Callable] = [process_eimage_section, assemble_coadd_section]
+SECTION_BUILDERS: list[Callable] = [process_eimage_section, assemble_coadd_section, image_difference_section]
 
 
 def validation_sections(repo, run: str, outdir, raise_errors: bool = False) -> list[dict]:
