@@ -26,7 +26,12 @@ from ..measure import extendedness, kron_flux, measure_sources
 from ..psf import SIGMA_TO_FWHM
 
 __all__ = ["BAND_PRIORITY", "BackgroundConfig", "subtract_background", "psf_sigma", "bad_pixels",
-           "read_patch_coadds", "build_deblend", "measure_objects", "aperture_correction_12"]
+           "read_patch_coadds", "build_deblend", "measure_objects", "psf_enclosed_fraction"]
+
+#: extendedness compares the PSF flux with this aperture's flux corrected to total by the PSF's curve of growth
+#: (1.2" radius: large enough to see a galaxy's extent, small enough to keep most neighbours' light out)
+EXTENDEDNESS_RADIUS_PX = 6.0
+EXTENDEDNESS_APERTURE = "apFlux_6_0"
 
 #: the reference-band order of DM's mergeCoaddMeasurements (priorityList)
 BAND_PRIORITY = ("i", "r", "z", "y", "g", "u")
@@ -86,7 +91,7 @@ def build_deblend(coadds: dict, images: dict, x, y, threshold: float = 5.0, max_
     return deblend(det, labels, x, y, sigma, max_children=max_children)
 
 
-def aperture_correction_12(exp, radius: float = 12.0) -> float:
+def psf_enclosed_fraction(exp, radius: float = 12.0) -> float:
     """The fraction of the coadd PSF's flux inside a circle of ``radius`` pixels (at the patch centre)."""
     import sep
     cy, cx = (np.array(exp.shape) - 1) / 2.0
@@ -139,8 +144,8 @@ def measure_objects(exp, image: np.ndarray, deb: Deblend, rows: Table, x, y, for
     factor = float(exp.metadata.get("psf_flux_noise_factor", 1.0))
     for c in ("psfFluxErr", "kronFluxErr"):
         t[c] = np.asarray(t[c], float) * factor
-    apc = aperture_correction_12(exp)
-    model = np.asarray(t["apFlux_12_0"], float) / apc
-    model_err = np.asarray(t["apFlux_12_0Err"], float) * factor / apc
+    apc = psf_enclosed_fraction(exp, EXTENDEDNESS_RADIUS_PX)
+    model = np.asarray(t[EXTENDEDNESS_APERTURE], float) / apc
+    model_err = np.asarray(t[EXTENDEDNESS_APERTURE + "Err"], float) * factor / apc
     t["extendedness"] = extendedness(t["psfFlux"], t["psfFluxErr"], model, model_err)
     return t

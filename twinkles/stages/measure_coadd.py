@@ -7,7 +7,7 @@ coadds and merged peaks: deterministic, so the children see the same share of th
 shared :func:`twinkles.measure.measure_sources` (windowed centroid, PSF flux with the CoaddPsf, aperture fluxes,
 adaptive moments, pixel flags) on the coadd for parents and isolated objects and on each child's deblend layer
 for children, plus a Kron flux (the galaxy flux: no CModel fit here) and ``extendedness`` (PSF flux against the
-aperture-corrected 12-pixel aperture flux, DM's 0.985 ratio). PSF- and Kron-flux errors are multiplied by the
+aperture-corrected 6-pixel (1.2") aperture flux, DM's 0.985 ratio). PSF- and Kron-flux errors are multiplied by the
 coadd's ``psf_flux_noise_factor`` (resampling-correlated noise).
 """
 
