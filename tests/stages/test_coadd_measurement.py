@@ -49,10 +49,10 @@ def _depth(objects, band=BAND, nsigma=10.0) -> float:
     return 31.4 - 2.5 * math.log10(nsigma * float(np.median(err[np.isfinite(err)])))
 
 
-def _binomial_ok(p_hat: float, n: int, limit: float, what: str):
+def _binomial_ok(p_hat: float, n: int, limit: float, what: str, min_n: int = 10):
     se = math.sqrt(limit * (1 - limit) / max(n, 1))
     print(f"\n{what}: {p_hat:.3f} (n={n}, limit {limit}, 2 se {2 * se:.3f})")
-    assert n >= 10, f"{what}: only {n} objects"
+    assert n >= min_n, f"{what}: only {n} objects"
     assert p_hat > limit - 2 * se, f"{what}: {p_hat:.3f} of {n}, limit {limit}"
 
 
@@ -80,6 +80,13 @@ def test_completeness_at_the_10_sigma_depth(object_field):
     mag = 31.4 - 2.5 * np.log10(np.clip(np.asarray(t[f"{BAND}_flux"], float), 1e-6, None))
     idx, _ = match(prim, t, 0.5)
     sel = mag < m10
+    every = truth[np.isin(truth["type"], SIMPLE_TYPES) & covered(repo, [RUN], truth, BAND)]
+    emag = 31.4 - 2.5 * np.log10(np.clip(np.asarray(every[f"{BAND}_flux"], float), 1e-6, None))
+    eidx, _ = match(prim, every, 0.5)
+    near = np.abs(emag - m10) < 0.25
+    print(f"\nevery simple truth object (isolated or not) within 0.25 mag of m10: completeness "
+          f"{np.mean(eidx[near] >= 0):.2f} of {near.sum()}; brighter than m10 {np.mean(eidx[emag < m10] >= 0):.2f} "
+          f"of {np.sum(emag < m10)}")
     _binomial_ok(float(np.mean(idx[sel] >= 0)), int(sel.sum()), 0.9,
                  f"completeness of isolated truth objects brighter than the 10-sigma depth {m10:.2f}")
 
@@ -155,16 +162,16 @@ def test_deblending_of_truth_pairs(object_field):
         ratio = max(f[i], f[j]) / min(f[i], f[j])
         if sep < 1.5 * fwhm or ratio > 10:
             continue
-        # a clean pair: no third object brighter than the fainter one within 3 FWHM of either
-        third = set(tree.query_ball_point(xy[i], 3 * fwhm)) | set(tree.query_ball_point(xy[j], 3 * fwhm))
-        if any(f[k] > 0.3 * min(f[i], f[j]) for k in third - {i, j}):
+        # a clean pair: no third object as bright as the fainter one within 1.5 FWHM of either
+        third = set(tree.query_ball_point(xy[i], 1.5 * fwhm)) | set(tree.query_ball_point(xy[j], 1.5 * fwhm))
+        if any(f[k] > min(f[i], f[j]) for k in third - {i, j}):
             continue
         n_pairs += 1
         n_two += int(idx[i] >= 0 and idx[j] >= 0 and idx[i] != idx[j])
     print(f"\ndeblending: FWHM {fwhm:.2f}\", clean pairs {n_pairs}, separated {n_two}")
-    if n_pairs < 5:
-        pytest.skip(f"only {n_pairs} clean truth pairs in the tiny field")
-    _binomial_ok(n_two / n_pairs, n_pairs, 0.9, "pairs at >= 1.5 FWHM, flux ratio <= 10 that become two Objects")
+    # a tiny field holds few such pairs: tests/algorithms/test_deblend.py counts many planted ones
+    _binomial_ok(n_two / max(n_pairs, 1), n_pairs, 0.9,
+                 "truth pairs at >= 1.5 FWHM, flux ratio <= 10 that become two Objects", min_n=5)
 
 
 def test_children_fluxes_sum_to_the_parent(object_field):
