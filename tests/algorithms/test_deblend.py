@@ -89,15 +89,14 @@ def test_children_fluxes_sum_to_parent_and_follow_truth(pairs):
         assert np.sum(kids["deblend_flux"]) == pytest.approx(p["deblend_flux"], rel=0.02)
         n += 1
     assert n > 50
-    # the children's PSF fluxes: the brighter member of each pair within a few sigma (+ 3%) of its truth
+    # the children's Kron fluxes: the brighter member of each pair, median within 10% of its truth
     prim = objects[objects["detect_isPrimary"] & (objects["parentObjectId"] != 0)]
     d = np.hypot(prim["x"][None, :] - truth[0::2, None, 0], prim["y"][None, :] - truth[0::2, None, 1])
     j = np.argmin(d, axis=1)
     ok = d[np.arange(len(j)), j] < 1.0
-    star = np.ones(ok.sum(), bool)
     ratio = np.asarray(prim["i_kronFlux"])[j[ok]] / truth[0::2, 2][ok]
     print(f"\nbright children: Kron / truth median {np.median(ratio):.3f} (n={ok.sum()})")
-    assert ok.sum() > 50 and star.all()
+    assert ok.sum() > 50
     assert abs(np.median(ratio) - 1) < 0.1
 
 

@@ -17,8 +17,8 @@ def tangent_xy(ra, dec, ra0, dec0):
     return np.column_stack([x, y])
 
 
-def read_objects(repo, runs) -> Table:
-    return vstack([repo.read(r) for r in repo.query("objectTable", runs=runs)])
+def read_objects(repo, runs, dataset_type: str = "objectTable") -> Table:
+    return vstack([repo.read(r) for r in repo.query(dataset_type, runs=runs)])
 
 
 def match(objects: Table, truth: Table, radius_arcsec: float):

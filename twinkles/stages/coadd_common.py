@@ -39,7 +39,7 @@ BAND_PRIORITY = ("i", "r", "z", "y", "g", "u")
 
 @dataclass
 class BackgroundConfig:
-    mesh_px: int = 128  # background cell, pixels (DM binSize 128 on coadds... DM uses 4096 for deepCoadd)
+    mesh_px: int = 128  # background cell, pixels (DM's coadd re-estimate is a much coarser mesh; our patches are small)
     mask_threshold: float = 3.0  # sigma: sources masked before the estimate
     mask_grow_px: int = 6  # the source mask grown by this many pixels
 
