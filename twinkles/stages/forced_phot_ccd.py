@@ -17,7 +17,10 @@ DRP pipeline, writing ``forcedSourceTable``). Per (visit, detector):
    stamp, as process_eimage's PSF fluxes, which the PhotoCalib was fitted to), counts to nJy with the calexp's
    PhotoCalib; the forcedSourceTable.
 
-The stage never reads truth; objectTable comes from merge_measurements.
+The stage never reads truth; objectTable comes from merge_measurements (in ``twinkles run`` every forced_phot_ccd
+job waits for all merge_measurements jobs: their quanta share no dimension). Patches whose objectTable is absent
+are listed in the job's metadata (``patches_without_objectTable``); a calexp none of whose patches has one gets no
+forcedSourceTable (its metadata says why) instead of failing the visit.
 """
 
 from __future__ import annotations
@@ -176,12 +179,17 @@ def run_quantum(butler, data_id: dict, config: Config) -> dict:
     calexp = butler.get("calexp", did)
     sky = SkyMap.from_dict(butler.get("skyMap", {}))
     objects, patches = _read_objects(butler, sky, calexp)
+    overlapping = sky.patches_overlapping(calexp.wcs, calexp.shape)
+    absent = [p for p in overlapping if p not in patches]
     if not patches:
-        raise ProcessingError(f"visit {did['visit']} detector {did['detector']}: no objectTable of the patches "
-                              f"overlapping the calexp ({sky.patches_overlapping(calexp.wcs, calexp.shape)}) "
-                              "exists; run merge_measurements first")
+        # no Object of this calexp exists (merge_measurements has not run here, or failed on every patch it
+        # overlaps): there is nothing to measure; say so rather than fail the visit
+        log.warning("visit %s detector %s: no objectTable of the overlapping patches %s; nothing written "
+                    "(run merge_measurements first)", did["visit"], did["detector"], overlapping)
+        return {"written": False, "n_objects": 0, "patches_without_objectTable": absent,
+                "reason": "no objectTable of the patches overlapping the calexp exists; run merge_measurements"}
     result = run(calexp, objects, config, did["visit"], did["detector"])
     butler.put(result.table, "forcedSourceTable", did)
-    return dict(result.metadata, patches_read=patches,
+    return dict(result.metadata, written=True, patches_read=patches, patches_without_objectTable=absent,
                 timings_s={k: v for k, v in result.timings.items() if k != "cpu_s"},
                 cpu_s=result.timings.get("cpu_s"))
