@@ -237,7 +237,7 @@ def test_masked_and_edge_objects_flagged_not_dropped(forced):
     assert len(t) == len(ref)
     assert t["psfFlux_flag"][pick].all() and t["pixelFlags_bad"][pick].all()
     # objects whose fit stamp runs off the calexp: flagged edge, still there
-    h = stage.Config().psf_model_size // 2
+    h = stage.fit_stamp_size(cal.psf.fwhm(), stage.Config()) // 2
     near = (t["x"] < h - 0.5) | (t["y"] < h - 0.5) | (t["x"] > cal.width - 1 - h + 0.5) | \
         (t["y"] > cal.height - 1 - h + 0.5)
     assert near.sum() > 0

@@ -32,7 +32,7 @@ from scipy.spatial import cKDTree
 
 from ..stamps import PsfStamps
 
-__all__ = ["ForcedFit", "forced_psf_fluxes", "normal_equations", "solve_groups"]
+__all__ = ["ForcedFit", "PhaseTable", "forced_psf_fluxes", "normal_equations", "solve_groups"]
 
 
 @dataclass
@@ -57,6 +57,7 @@ class ForcedFit:
 
 @njit(cache=True, nogil=True)
 def _diag_sums(image, variance, good, psf, xc, yc):  # pragma: no cover - jit
+    """b_i, A_ii, sum P^2 (all), B_ii and the off-image flag (pixels not ``good`` or not finite left out)."""
     n, s, _ = psf.shape
     h = s // 2
     ny, nx = image.shape
@@ -66,35 +67,48 @@ def _diag_sums(image, variance, good, psf, xc, yc):  # pragma: no cover - jit
     bv = np.zeros(n)
     edge = np.zeros(n, np.bool_)
     for k in range(n):
+        x0 = xc[k] - h
+        y0 = yc[k] - h
+        inside = x0 >= 0 and y0 >= 0 and x0 + s <= nx and y0 + s <= ny
+        sb = 0.0
+        sa = 0.0
+        sall = 0.0
+        sv = 0.0
         for j in range(s):
-            yy = yc[k] - h + j
+            yy = y0 + j
+            if not inside and (yy < 0 or yy >= ny):
+                for i in range(s):
+                    p = np.float64(psf[k, j, i])
+                    sall += p * p
+                continue
             for i in range(s):
                 p = np.float64(psf[k, j, i])
                 pp = p * p
-                a_all[k] += pp
-                xx = xc[k] - h + i
-                if yy < 0 or yy >= ny or xx < 0 or xx >= nx:
-                    edge[k] = True
-                    continue
-                if not good[yy, xx]:
+                sall += pp
+                xx = x0 + i
+                if not inside and (xx < 0 or xx >= nx):
                     continue
                 im = np.float64(image[yy, xx])
-                v = np.float64(variance[yy, xx])
-                if not (np.isfinite(im) and np.isfinite(v)):
-                    continue
-                a[k] += pp
-                b[k] += p * im
-                bv[k] += pp * v
+                var = np.float64(variance[yy, xx])
+                if good[yy, xx] and np.isfinite(im) and np.isfinite(var):
+                    sa += pp
+                    sb += p * im
+                    sv += pp * var
+        b[k] = sb
+        a[k] = sa
+        a_all[k] = sall
+        bv[k] = sv
+        edge[k] = not inside
     return b, a, a_all, bv, edge
 
 
 @njit(cache=True, nogil=True)
-def _pair_sums(variance, good, psf, xc, yc, pi, pj):  # pragma: no cover - jit
+def _pair_sums(image, variance, good, psf, xc, yc, pi, pj):  # pragma: no cover - jit
     """A_ij and B_ij over the overlap of the stamps of each pair (i, j)."""
     npair = len(pi)
     s = psf.shape[1]
     h = s // 2
-    ny, nx = variance.shape
+    ny, nx = image.shape
     a = np.zeros(npair)
     bv = np.zeros(npair)
     for q in range(npair):
@@ -102,25 +116,95 @@ def _pair_sums(variance, good, psf, xc, yc, pi, pj):  # pragma: no cover - jit
         j0 = pj[q]
         dx = xc[j0] - xc[i0]
         dy = yc[j0] - yc[i0]
+        sa = 0.0
+        sv = 0.0
         # stamp i pixel (u, v) is image pixel (xc_i - h + u, yc_i - h + v) = stamp j pixel (u - dx, v - dy)
-        for v in range(max(0, dy), min(s, s + dy)):
+        for v in range(max(0, dy, h - yc[i0]), min(s, s + dy, ny - yc[i0] + h)):
             yy = yc[i0] - h + v
-            if yy < 0 or yy >= ny:
-                continue
-            for u in range(max(0, dx), min(s, s + dx)):
+            for u in range(max(0, dx, h - xc[i0]), min(s, s + dx, nx - xc[i0] + h)):
                 xx = xc[i0] - h + u
-                if xx < 0 or xx >= nx or not good[yy, xx]:
-                    continue
+                im = np.float64(image[yy, xx])
                 var = np.float64(variance[yy, xx])
-                if not np.isfinite(var):
-                    continue
-                pp = np.float64(psf[i0, v, u]) * np.float64(psf[j0, v - dy, u - dx])
-                a[q] += pp
-                bv[q] += pp * var
+                if good[yy, xx] and np.isfinite(im) and np.isfinite(var):
+                    pp = np.float64(psf[i0, v, u]) * np.float64(psf[j0, v - dy, u - dx])
+                    sa += pp
+                    sv += pp * var
+        a[q] = sa
+        bv[q] = sv
     return a, bv
 
 
-def normal_equations(image, variance, good, psf_stamps: PsfStamps, x, y, size: int | None = None,
+class PhaseTable:
+    """PSF stamps by table look-up: each grid kernel of a :class:`PsfStamps` shifted (Fourier shift, as
+    ``PsfStamps.stamps``) to ``n_phase + 1`` sub-pixel offsets from -0.5 to 0.5 px in x and in y, once; a
+    source's stamp is then the blend, bilinear in detector position (the four grid kernels, as ``PsfStamps``) and
+    bilinear in sub-pixel offset (the four tabulated offsets around the true one), of 16 table stamps. The offset
+    interpolation errs by ~(1 / n_phase)^2 / 8 of the PSF's curvature (~1e-3 of the peak for n_phase 8, a PSF
+    sigma of 1.5 px); the tests check the stamps and fluxes against ``PsfStamps``. Many times faster than a
+    Fourier shift per source."""
+
+    def __init__(self, psf_stamps: PsfStamps, n_phase: int = 8):
+        from ..stamps import fourier_shift
+        self.psf_stamps = psf_stamps
+        self.n_phase = int(n_phase)
+        grid = psf_stamps.grid
+        gy, gx, s, _ = grid.shape
+        ph = np.linspace(-0.5, 0.5, self.n_phase + 1)
+        m = self.n_phase + 1
+        table = np.empty((m, m, gy, gx, s, s), np.float32)
+        flat = grid.reshape(-1, s, s)
+        for a, dy in enumerate(ph):
+            k = np.repeat(flat, m, axis=0)
+            dx = np.tile(ph, len(flat))
+            sh = fourier_shift(k, dx, np.full(len(k), dy))
+            sh /= sh.sum(axis=(1, 2), keepdims=True)
+            table[a] = sh.reshape(gy, gx, m, s, s).transpose(2, 0, 1, 3, 4)
+        self.table = table
+
+    def stamps(self, x, y, size: int | None = None) -> np.ndarray:
+        from ..interpolation import grid_weights
+        x = np.asarray(x, float)
+        y = np.asarray(y, float)
+        ps = self.psf_stamps
+        size = ps.model_size if size is None else min(ps.model_size, size + (1 - size % 2))
+        i0, i1, tx = grid_weights(ps.xs, x)
+        j0, j1, ty = grid_weights(ps.ys, y)
+        qx = (x - np.rint(x) + 0.5) * self.n_phase
+        qy = (y - np.rint(y) + 0.5) * self.n_phase
+        px = np.clip(np.floor(qx).astype(np.int64), 0, self.n_phase - 1)
+        py = np.clip(np.floor(qy).astype(np.int64), 0, self.n_phase - 1)
+        return _blend(self.table, py, px, qy - py, qx - px, np.asarray(j0, np.int64), np.asarray(j1, np.int64),
+                      np.asarray(i0, np.int64), np.asarray(i1, np.int64), np.asarray(tx, float),
+                      np.asarray(ty, float), size)
+
+
+@njit(cache=True, nogil=True)
+def _blend(table, py, px, fy, fx, j0, j1, i0, i1, tx, ty, size):  # pragma: no cover - jit
+    """Each source's stamp: bilinear in detector position (grid nodes) and in sub-pixel shift (table phases)."""
+    n = len(py)
+    s = table.shape[-1]
+    o = (s - size) // 2
+    out = np.zeros((n, size, size), np.float32)
+    acc = np.zeros((size, size))
+    for k in range(n):
+        acc[:] = 0.0
+        for c in range(16):
+            a, bb, e, g = c & 1, (c >> 1) & 1, (c >> 2) & 1, (c >> 3) & 1
+            w = (fy[k] if a else 1 - fy[k]) * (fx[k] if bb else 1 - fx[k]) * \
+                (ty[k] if e else 1 - ty[k]) * (tx[k] if g else 1 - tx[k])
+            if w == 0.0:
+                continue
+            t = table[py[k] + a, px[k] + bb, j1[k] if e else j0[k], i1[k] if g else i0[k]]
+            for v in range(size):
+                for u in range(size):
+                    acc[v, u] += w * t[o + v, o + u]
+        for v in range(size):
+            for u in range(size):
+                out[k, v, u] = acc[v, u]
+    return out
+
+
+def normal_equations(image, variance, good, psf_stamps, x, y, size: int | None = None,
                      chunk: int = 8192):
     """The pieces of the normal equations: ``(b, a_diag, a_all, bv_diag, edge, pairs, a_pair, bv_pair)``.
 
@@ -130,15 +214,19 @@ def normal_equations(image, variance, good, psf_stamps: PsfStamps, x, y, size: i
     x = np.atleast_1d(np.asarray(x, float))
     y = np.atleast_1d(np.asarray(y, float))
     n = len(x)
-    size = psf_stamps.model_size if size is None else size + (1 - size % 2)
-    psf = np.empty((n, size, size), np.float32)
-    for s in range(0, n, chunk):
-        psf[s:s + chunk] = psf_stamps.stamps(x[s:s + chunk], y[s:s + chunk], size)
+    model_size = (psf_stamps.psf_stamps if isinstance(psf_stamps, PhaseTable) else psf_stamps).model_size
+    size = model_size if size is None else size + (1 - size % 2)
+    if isinstance(psf_stamps, PhaseTable):
+        psf = psf_stamps.stamps(x, y, size)
+    else:
+        psf = np.empty((n, size, size), np.float32)
+        for s in range(0, n, chunk):
+            psf[s:s + chunk] = psf_stamps.stamps(x[s:s + chunk], y[s:s + chunk], size)
     xc = np.rint(x).astype(np.int64)
     yc = np.rint(y).astype(np.int64)
     image = _plane(image)
     variance = _plane(variance)
-    good = np.ones(image.shape, np.bool_) if good is None else np.ascontiguousarray(good, dtype=np.bool_)
+    good = np.ones(image.shape, np.bool_) if good is None else np.asarray(good, dtype=np.bool_)
     b, a, a_all, bv, edge = _diag_sums(image, variance, good, psf, xc, yc)
     if n > 1:
         tree = cKDTree(np.column_stack([xc, yc]).astype(float))
@@ -147,7 +235,7 @@ def normal_equations(image, variance, good, psf_stamps: PsfStamps, x, y, size: i
         pairs = np.empty((0, 2), np.int64)
     if len(pairs):
         pairs.sort(axis=1)
-        a_pair, bv_pair = _pair_sums(variance, good, psf, xc, yc, pairs[:, 0].copy(), pairs[:, 1].copy())
+        a_pair, bv_pair = _pair_sums(image, variance, good, psf, xc, yc, pairs[:, 0].copy(), pairs[:, 1].copy())
     else:
         a_pair = bv_pair = np.empty(0)
     return b, a, a_all, bv, edge, pairs, a_pair, bv_pair
@@ -155,7 +243,7 @@ def normal_equations(image, variance, good, psf_stamps: PsfStamps, x, y, size: i
 
 def _plane(a):
     a = np.asarray(a)
-    return np.ascontiguousarray(a if a.dtype in (np.float32, np.float64) else a.astype(np.float64))
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
 
 
 def solve_groups(b, a_diag, bv_diag, pairs, a_pair, bv_pair, linked, max_dense: int = 256):
@@ -273,12 +361,14 @@ def _solve_sparse(idx, local, b, a_diag, bv_diag, pi, pj, ap, bp, sel, flux, err
     ok[idx] = True
 
 
-def forced_psf_fluxes(image, variance, good, psf_stamps: PsfStamps, x, y, size: int | None = None,
+def forced_psf_fluxes(image, variance, good, psf_stamps, x, y, size: int | None = None,
                       coupling_tolerance: float = 0.05, min_overlap: float = 0.02, max_masked_frac: float = 0.2,
                       max_dense: int = 256) -> ForcedFit:
     """Forced PSF fluxes at (x, y) (0-based pixels of ``image``), neighbours fitted simultaneously.
 
-    ``good``: bool image of usable pixels (None: all); ``size``: fit stamp (default the PSF model stamp). See the
+    ``psf_stamps``: a :class:`PsfStamps` (a Fourier shift per source) or a :class:`PhaseTable` (table look-up,
+    the fast path); ``good``: bool image of usable pixels (None: all); ``size``: fit stamp (default the PSF model
+    stamp). See the
     module docstring for the linking of neighbours (``coupling_tolerance`` in units of the flux error,
     ``min_overlap`` normalised PSF overlap) and the solve.
     """
@@ -287,6 +377,24 @@ def forced_psf_fluxes(image, variance, good, psf_stamps: PsfStamps, x, y, size: 
         e = np.empty(0)
         return ForcedFit(e, e, e, e, np.empty(0, bool), np.empty(0, bool), np.empty(0, bool), e,
                          np.empty(0, np.int64), np.empty(0, np.int64), 0)
+    # sources in 32-pixel tiles, row by row: neighbouring stamps share cache lines of the image planes
+    x = np.atleast_1d(np.asarray(x, float))
+    y = np.atleast_1d(np.asarray(y, float))
+    tile = (np.rint(y).astype(np.int64) // 32) * (np.asarray(image).shape[1] // 32 + 2) + \
+        np.rint(x).astype(np.int64) // 32
+    perm = np.argsort(tile, kind="stable")
+    fit = _forced_sorted(image, variance, good, psf_stamps, x[perm], y[perm], size, coupling_tolerance,
+                         min_overlap, max_masked_frac, max_dense)
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(n)
+    for name in ("flux", "flux_err", "flux_independent", "flux_independent_err", "flag", "no_good_pixels", "edge",
+                 "masked_frac", "group", "group_size"):
+        setattr(fit, name, getattr(fit, name)[inv])
+    return fit
+
+
+def _forced_sorted(image, variance, good, psf_stamps, x, y, size, coupling_tolerance, min_overlap,
+                   max_masked_frac, max_dense) -> ForcedFit:
     b, a, a_all, bv, edge, pairs, a_pair, bv_pair = normal_equations(image, variance, good, psf_stamps, x, y,
                                                                       size)
     fit = a > 0

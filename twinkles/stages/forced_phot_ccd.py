@@ -6,7 +6,9 @@ DRP pipeline, writing ``forcedSourceTable``). Per (visit, detector):
 1. objects: every objectTable of the sky map's patches overlapping the calexp, primary Objects only
    (``detect_isPrimary``), their (coord_ra, coord_dec) through the calexp's WCS; those whose position falls on
    the calexp (inside the pixel grid) are measured -- each gets a row, whatever happens to it;
-2. fit: PSF fluxes at those fixed positions with the calexp's PSF, all Objects whose PSFs overlap fitted together
+2. fit: PSF fluxes at those fixed positions with the calexp's PSF (normalised over its 31-pixel model stamp as
+   process_eimage's; fitted over a stamp of +-2.5 FWHM, stamps from a table of sub-pixel shifts: ``PhaseTable``),
+   all Objects whose PSFs overlap fitted together
    (:func:`twinkles.algorithms.forced_photometry.forced_psf_fluxes`: the linear least squares of each connected
    group, errors from the variance plane through the group's covariance). DM's forcedPhotCcd fits each source
    alone and warns that its fluxes may be contaminated by neighbours; here they are not;
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy.table import Table, vstack
 
-from ..algorithms.forced_photometry import forced_psf_fluxes
+from ..algorithms.forced_photometry import PhaseTable, forced_psf_fluxes
 from ..algorithms.skymap import SkyMap
 from ..image import Exposure, mask_bit, wcs_is_celestial
 from ..measure.flags import pixel_flags
@@ -40,7 +42,7 @@ from . import ProcessingError
 from .timing import StepTimer
 
 __all__ = ["Config", "QUANTUM", "INPUTS", "OUTPUTS", "Result", "run", "run_quantum", "select_objects",
-           "COLUMNS", "OBJECT_COLUMNS"]
+           "COLUMNS", "OBJECT_COLUMNS", "fit_stamp_size"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,10 @@ class Config:
     # (DM forcedPhotCcd's PsfFlux uses all pixels and flags; CR pixels are interpolated by process_eimage)
     psf_model_size: int = 31  # PSF model stamp, pixels: fluxes are of the light inside it, as process_eimage's
     # (its psf.stamp_size), so that the calexp's aperture correction applies
-    fit_size: int = 0  # fit stamp side, pixels (0: the PSF model stamp, as measure.photometry.psf_flux)
+    fit_size: int = 0  # fit stamp side, pixels (0: 2 ceil(fit_radius_fwhm FWHM) + 1, at most the model stamp)
+    fit_radius_fwhm: float = 2.5  # half-side of the automatic fit stamp, in PSF FWHMs (P^2 outside: negligible)
+    n_phase: int = 8  # PSF stamps from a table of n_phase + 1 sub-pixel shifts per axis, interpolated (0: a
+    # Fourier shift per source)
     apply_aperture_correction: bool = True  # times the calexp's aperture_correction (DM applyApCorr)
     psf_grid: int = 5  # PSF model sampled on psf_grid x psf_grid positions, interpolated between
     coupling_tolerance: float = 0.05  # link two Objects where ignoring one biases the other by > this x its error
@@ -77,6 +82,14 @@ class Result:
     table: Table
     metadata: dict
     timings: dict
+
+
+def fit_stamp_size(fwhm_px: float, config: Config) -> int:
+    """The fit stamp's side (odd, pixels): ``config.fit_size`` or 2 ceil(fit_radius_fwhm FWHM) + 1, at most the
+    PSF model stamp."""
+    size = config.fit_size or 2 * int(np.ceil(config.fit_radius_fwhm * fwhm_px)) + 1
+    size += 1 - size % 2
+    return int(min(size, config.psf_model_size))
 
 
 def select_objects(objects: Table, wcs, shape, primary_only: bool = True) -> tuple[Table, np.ndarray, np.ndarray]:
@@ -105,8 +118,11 @@ def run(calexp: Exposure, objects: Table, config: Config | None = None, visit: i
     with timer("fit"):
         good = (calexp.mask & mask_bit(*config.bad_mask_planes)) == 0
         stamps = PsfStamps(calexp.psf, calexp.shape, n_grid=config.psf_grid, model_size=config.psf_model_size)
+        if config.n_phase > 0 and not hasattr(calexp.psf, "kernels_at"):
+            stamps = PhaseTable(stamps, config.n_phase)
+        size = fit_stamp_size(calexp.psf.fwhm(), config)
         fit = forced_psf_fluxes(calexp.image, calexp.variance, good, stamps, x, y,
-                                size=config.fit_size or None, coupling_tolerance=config.coupling_tolerance,
+                                size=size, coupling_tolerance=config.coupling_tolerance,
                                 min_overlap=config.min_overlap, max_masked_frac=config.max_masked_frac,
                                 max_dense=config.max_dense)
     with timer("flags"):
@@ -119,7 +135,7 @@ def run(calexp: Exposure, objects: Table, config: Config | None = None, visit: i
     meta = {"visit": int(visit), "detector": int(detector), "n_objects": n,
             "n_flagged": int(np.sum(table["psfFlux_flag"])) if n else 0,
             "n_grouped": int(np.sum(fit.group_size > 1)), "max_group_size": int(fit.group_size.max()) if n else 0,
-            "n_linked_pairs": fit.n_pairs, "aperture_correction": apcorr}
+            "n_linked_pairs": fit.n_pairs, "aperture_correction": apcorr, "fit_size_px": size}
     return Result(table, meta, timer.timings())
 
 
