@@ -37,8 +37,8 @@ def run(exposure, data_id, config: Config) -> Table:
     if config.sleep_s:
         time.sleep(config.sleep_s)
     if config.burn_s:
-        # this thread's CPU: under the thread executor several jobs burn at once, and the process's clock (what
-        # process_time reads) would count the others' CPU too, while the job record counts this thread's
+        # this thread's CPU: in the thread executor two jobs burning at once would each stop after half of it
+        # by the process's clock (which is what the thread executor's records do not count)
         t0 = time.thread_time()
         x = 0
         while time.thread_time() - t0 < config.burn_s:

@@ -27,7 +27,10 @@ from ..stamps import extract_stamps
 __all__ = ["adaptive_moments", "moments_from_stamps", "moments_to_fwhm"]
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "arcp"})
+# fastmath "contract" only (fused multiply-adds): "reassoc" let LLVM vectorise the sums in an order that differed
+# between a process that compiled the kernel and one that loaded numba's cache (moments differing by ~1e-14), so a
+# re-run of a job did not write identical files; without it the speed is the same within the noise
+@njit(cache=True, nogil=True, fastmath={"contract"})
 def _weighted_sums(data, x0, y0, mxx, mxy, myy):  # pragma: no cover - jit
     """A, Bx, By, Cxx, Cxy, Cyy: sums of w I, w I dx, w I dy, w I dx^2, w I dx dy, w I dy^2 over the stamp."""
     ny, nx = data.shape
