@@ -245,3 +245,22 @@ def test_masked_and_edge_objects_flagged_not_dropped(forced):
     far = (t["x"] > h + 0.5) & (t["y"] > h + 0.5) & (t["x"] < cal.width - 1 - h - 0.5) & \
         (t["y"] < cal.height - 1 - h - 0.5)
     assert not t["psfFlux_flag_edge"][far].any()
+
+
+def test_in_twinkles_run(forced, tmp_path):
+    """``twinkles run`` with forced_phot_ccd: its quanta come from the calexps; the objectTables (written into the
+    run beforehand, merge_measurements not existing yet) are read; the tables equal the ones of ``twinkles stage``."""
+    f, sky, objs, tables = forced
+    root = str(f.repo.root)
+    run = "runs/fp"
+    objects = object_tables_from_truth(f.truth, sky)
+    for p, t in objects.items():
+        f.repo.put(t, "objectTable", {"tract": sky.tract, "patch": p}, run=run)
+    assert cli_main(["run", root, "--pipeline", "process_eimage,make_skymap,forced_phot_ccd", "--run", run,
+                     "--executor", "threads", "--workers", "1", "--no-progress"]) == 0
+    repo = Repository(root)
+    for visit, t in tables.items():
+        got = repo.get("forcedSourceTable", {"visit": visit, "detector": 0}, runs=[run])
+        assert len(got) == len(t)
+        np.testing.assert_array_equal(got["objectId"], t["objectId"])
+        np.testing.assert_allclose(got["psfFlux"], t["psfFlux"], rtol=1e-6, equal_nan=True)
