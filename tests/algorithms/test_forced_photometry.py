@@ -58,6 +58,11 @@ def test_group_solver_matches_dense_lstsq():
     # every stamp overlap linked: the far source 5 alone, the others in two groups
     assert fit.group_size[5] == 1 and len(np.unique(fit.group)) == 3
     assert fit.edge.tolist() == [False] * 5 + [True, False, True]  # stamps running off the image
+    # groups larger than max_dense: sparse LU, the same fluxes; errors from each source's block with its direct
+    # neighbours (exact here where a source overlaps every other one of its group)
+    sp = forced_psf_fluxes(img, var, good, ps, x, y, coupling_tolerance=0.0, min_overlap=-1.0, max_dense=1)
+    np.testing.assert_allclose(sp.flux, ref, rtol=1e-6)
+    np.testing.assert_allclose(sp.flux_err, np.sqrt(np.diag(cov)), rtol=0.05)
     # a single isolated source: exactly the independent (measure.photometry.psf_flux) fit
     from twinkles.measure.photometry import psf_flux
     f1, e1, _ = psf_flux(img, var, ps, x[5:6], y[5:6], good)
