@@ -122,6 +122,7 @@ def test_close_pairs_unbiased_when_fitted_together(pairs):
     # fitted alone, its neighbour's light biases it high, by many sigma
     pull0 = (f0 - true) / e0
     m0, se0 = mean_and_error(pull0)
+    print(f"close pairs: joint mean pull {m:+.3f} +- {se:.3f}, sd {sd:.3f}; independent mean pull {m0:+.2f} +- {se0:.2f}")
     assert m0 > 10 * se0 and m0 > 3.0, (m0, se0)
 
 
