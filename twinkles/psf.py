@@ -415,18 +415,7 @@ def _in_convex_polygon_many(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> n
 def _grid_kernels(psf: PSF, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
     """(N, size, size) centred kernels of one PSF, each summing to 1 (vectorised for an ImageGridPSF)."""
     if isinstance(psf, ImageGridPSF):
-        def weights(grid, v):
-            if len(grid) == 1:
-                z = np.zeros(len(v), int)
-                return z, z, np.zeros(len(v))
-            v = np.clip(v, grid[0], grid[-1])
-            i = np.clip(np.searchsorted(grid, v) - 1, 0, len(grid) - 2)
-            return i, i + 1, (v - grid[i]) / (grid[i + 1] - grid[i])
-        i0, i1, tx = weights(psf.xs, x)
-        j0, j1, ty = weights(psf.ys, y)
-        g = psf.images
-        k = (((1 - tx) * (1 - ty))[:, None, None] * g[j0, i0] + (tx * (1 - ty))[:, None, None] * g[j0, i1]
-             + ((1 - tx) * ty)[:, None, None] * g[j1, i0] + (tx * ty)[:, None, None] * g[j1, i1])
+        k = bilinear(psf.images, psf.xs, psf.ys, x, y)
         if k.shape[-1] != size:
             k = np.stack([_resize(a, size) for a in k])
     else:

@@ -305,8 +305,10 @@ def test_coadd_psf_photometry_pulls(coadd_field):
         pulls.extend(((fl / apcorr - true) / (er / apcorr))[faint])
     p = np.array(pulls)
     assert len(p) >= 15, len(p)
-    sd = _robust_sd(p)  # robust: a few stars have unresolved neighbours
+    sd = np.std(p)
     se = 1 / math.sqrt(2 * len(p))
+    # the 0.9 - 1.15, widened to 3 standard errors of the sd: with ~20 noise-dominated stars in a tiny
+    # field this is a weak test (sd ~1.4 measured); the synthetic one (~300 stars) holds the 0.9 - 1.15
     assert min(0.9, 1 - 3 * se) <= sd <= max(1.15, 1 + 3 * se), (sd, len(p))
 
 

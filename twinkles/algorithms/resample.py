@@ -140,7 +140,7 @@ def _cr_coefficients(p, m, out):  # pragma: no cover - compiled
     out[m, 3] = 0.5 * (p3 - p0) + 1.5 * (p1 - p2)
 
 
-@njit(cache=True, nogil=True, fastmath={"contract", "reassoc", "arcp", "nsz"})  # NaN-safe
+@njit(cache=True, nogil=True, fastmath={"contract"})  # FMA only: no reassociation, re-runs are byte-identical
 def _warp_kernel(img, var, msk, gu, gv, gj, gx0, gy0, step, bx0, by0, bx1, by1, scale, nodata, table,
                  out_img, out_var, out_msk):  # pragma: no cover - compiled
     """Lanczos-3 resampling of (img, var, msk) into the destination box [bx0, bx1) x [by0, by1).
