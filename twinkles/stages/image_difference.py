@@ -325,7 +325,7 @@ def dia_sources(diff: Exposure, sci_njy, var_sci_njy, calexp: Exposure, config: 
         for c in DIA_COLUMNS[6:]:
             t[c] = np.zeros(0, bool if c in ("psfFlux_flag", "apFlux_flag", "isNegative", "isDipole",
                                             "shape_flag", "centroid_flag", "nearSaturated") else float)
-        return t
+        return _with_units(t)
     mx, my = np.asarray(m["x"], float), np.asarray(m["y"], float)
     ra, dec = calexp.wcs.all_pix2world(mx, my, 0)
     scale = math.sqrt(abs(np.linalg.det(calexp.wcs.pixel_scale_matrix)))  # deg per px
@@ -344,7 +344,14 @@ def dia_sources(diff: Exposure, sci_njy, var_sci_njy, calexp: Exposure, config: 
         t["snr"] = np.abs(np.asarray(m["psfFlux"], float)) / np.asarray(m["psfFluxErr"], float)
     t["isNegative"] = negative
     t["isDipole"] = _dipoles(mx, my, np.asarray(m["psfFlux"], float), negative, config.dipole_radius_fwhm * fwhm)
-    for c in ("ixx", "iyy", "ixy", "shape_flag", "centroid_flag"):
+    # second moments on the sky, arcsec^2 (DP1): I_sky = J I_pix J^T with J the WCS's local linear map
+    jac = np.asarray(calexp.wcs.pixel_scale_matrix, float) * 3600.0
+    ixx, iyy, ixy = (np.asarray(m[c], float) for c in ("ixx", "iyy", "ixy"))
+    t["ixx"] = jac[0, 0] ** 2 * ixx + 2 * jac[0, 0] * jac[0, 1] * ixy + jac[0, 1] ** 2 * iyy
+    t["iyy"] = jac[1, 0] ** 2 * ixx + 2 * jac[1, 0] * jac[1, 1] * ixy + jac[1, 1] ** 2 * iyy
+    t["ixy"] = (jac[0, 0] * jac[1, 0] * ixx + (jac[0, 0] * jac[1, 1] + jac[0, 1] * jac[1, 0]) * ixy
+                + jac[0, 1] * jac[1, 1] * iyy)
+    for c in ("shape_flag", "centroid_flag"):
         t[c] = m[c]
     for c in m.colnames:
         if c.startswith("pixelFlags_"):
@@ -358,10 +365,21 @@ def dia_sources(diff: Exposure, sci_njy, var_sci_njy, calexp: Exposure, config: 
         t["nearSaturated"] = dist[yi, xi] <= config.near_saturated_fwhm * fwhm
     else:
         t["nearSaturated"] = np.zeros(n, bool)
-    for c in ("psfFlux", "psfFluxErr", "apFlux", "apFluxErr", "scienceFlux", "scienceFluxErr"):
-        t[c].unit = "nJy"
-    for c in ("ra", "dec", "raErr", "decErr"):
-        t[c].unit = "deg"
+    return _with_units(t)
+
+
+#: units of the diaSourceTable's columns (DP1's)
+DIA_UNITS = {**dict.fromkeys(("psfFlux", "psfFluxErr", "apFlux", "apFluxErr", "scienceFlux", "scienceFluxErr"),
+                             "nJy"),
+             **dict.fromkeys(("ra", "dec", "raErr", "decErr"), "deg"),
+             **dict.fromkeys(("x", "y", "xErr", "yErr"), "pix"),
+             **dict.fromkeys(("ixx", "iyy", "ixy"), "arcsec2"), "midpointMjdTai": "d"}
+
+
+def _with_units(t: Table) -> Table:
+    for c, unit in DIA_UNITS.items():
+        if c in t.colnames:
+            t[c].unit = unit
     return t
 
 
